@@ -1,0 +1,10 @@
+"""The one error type the datamodules raise for bad input data or arguments."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad input: a malformed file, a missing field, an unknown label or domain, a bad argument.
+
+    Messages name the file and line (where there is one), the offending value and what is allowed.
+    """

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures (generic): offline environment, the MiniLM tokenizer, a tiny tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub: nothing in the tests may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    "the", "a", "good", "bad", "book", "movie", "is", "was", "not", "great", ".", "!", ",",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The real all-MiniLM-L6-v2 tokenizer (offline alias ``minilm-l6``), loaded once."""
+    from metakd.backbones import load_tokenizer
+
+    return load_tokenizer("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A directory with a tiny WordPiece (BERT) tokenizer, usable as a backbone name (a local path)."""
+    from transformers import BertTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny_tokenizer")
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    # positional: the argument is `vocab_file` in transformers 4 and `vocab` (path or dict) in 5
+    BertTokenizer(str(vocab)).save_pretrained(str(directory))
+    return str(directory)
