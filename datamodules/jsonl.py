@@ -100,6 +100,9 @@ class JsonlDataModule(MultiDomainDataModule):
             seed=seed,
             cache_dir=cache_dir,
         )
+        # The hparams carry the label set actually used, so they agree with the model's linked
+        # label_names when a logger merges both (Lightning refuses differing values of one key).
+        self.hparams["label_names"] = list(self._label_names)
 
     # ------------------------------------------------------------------ reading
     def _read_file(self, path: str) -> list[tuple[int, str, str | None, Any, str]]:
