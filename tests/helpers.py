@@ -1,0 +1,190 @@
+"""Shared test helpers: tiny encoder configs and a toy multi-domain datamodule (append, don't rewrite)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+TINY_VOCAB = 30522  # the MiniLM tokenizer's vocabulary, so real tokenised text fits too
+
+
+def tiny_encoder_config(**overrides: Any) -> dict[str, Any]:
+    """A 2-layer, hidden-32 BERT config (kwargs for ``BertConfig``), random weights, fast on CPU."""
+    config = {
+        "vocab_size": TINY_VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+    config.update(overrides)
+    return config
+
+
+class _ListDataset(Dataset):
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+def pad_collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest row (docs/ARCHITECTURE.md batch keys)."""
+    length = max(len(r["input_ids"]) for r in rows)
+    batch = {k: torch.zeros(len(rows), length, dtype=torch.long) for k in ("input_ids", "attention_mask")}
+    batch["token_type_ids"] = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+        batch["attention_mask"][i, :n] = 1
+    for key in ("labels", "domain_ids", "example_ids"):
+        batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
+    return batch
+
+
+class ToyMultiDomainDataModule(pl.LightningDataModule):
+    """Random token sequences in a few domains, following the datamodule contract of ARCHITECTURE.md.
+
+    The label is learnable: class c sequences carry the marker token ``1000 + c`` (plus a
+    domain marker ``2000 + d``). ``example_ids`` index the pooled training split; ``target_domain``
+    filters every split to one domain without changing them.
+    """
+
+    def __init__(
+        self,
+        num_domains: int = 3,
+        num_labels: int = 2,
+        train_per_domain: int = 12,
+        eval_per_domain: int = 4,
+        batch_size: int = 8,
+        max_length: int = 12,
+        target_domain: str | None = None,
+        seed: int = 0,
+        backbone: str = "tiny-test-bert",
+    ) -> None:
+        super().__init__()
+        self.domain_names = [f"dom{k}" for k in range(num_domains)]
+        self.num_domains = num_domains
+        self.label_names = [f"label{c}" for c in range(num_labels)]
+        self.num_labels = num_labels
+        self.backbone = backbone
+        self.max_length = max_length
+        self.target_domain = target_domain
+        self.train_fraction: float | None = None
+        self.batch_size = batch_size
+        self.train_per_domain, self.eval_per_domain, self.seed = train_per_domain, eval_per_domain, seed
+        if target_domain is not None and target_domain not in self.domain_names:
+            raise ValueError(f"unknown target_domain {target_domain!r}")
+
+    def _make_split(self, per_domain: int, generator: torch.Generator) -> list[dict[str, Any]]:
+        rows = []
+        for d in range(self.num_domains):
+            for _ in range(per_domain):
+                label = int(torch.randint(self.num_labels, (1,), generator=generator))
+                n = int(torch.randint(4, self.max_length - 1, (1,), generator=generator))
+                body = torch.randint(3000, 5000, (n,), generator=generator).tolist()
+                ids = [101, 1000 + label, 2000 + d, *body][: self.max_length - 1] + [102]
+                rows.append({"input_ids": ids, "labels": label, "domain_ids": d})
+        for i, row in enumerate(rows):
+            row["example_ids"] = i
+        return rows
+
+    def setup(self, stage: str | None = None) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        pooled = {
+            "train": self._make_split(self.train_per_domain, generator),
+            "val": self._make_split(self.eval_per_domain, generator),
+            "test": self._make_split(self.eval_per_domain, generator),
+        }
+        self.num_pooled_train = len(pooled["train"])
+        digest = hashlib.sha256(repr((pooled, self.domain_names, self.label_names)).encode()).hexdigest()
+        self.split_fingerprint = digest[:16]
+        self.data_fingerprint = hashlib.sha256(
+            f"{digest}|{self.backbone}|{self.max_length}|{self.target_domain}".encode()
+        ).hexdigest()[:16]
+        keep = self.domain_names.index(self.target_domain) if self.target_domain is not None else None
+        splits = {
+            name: [r for r in rows if keep is None or r["domain_ids"] == keep]
+            for name, rows in pooled.items()
+        }
+        self.train_dataset = _ListDataset(splits["train"])
+        self.val_dataset = _ListDataset(splits["val"])
+        self.test_dataset = _ListDataset(splits["test"])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, self.batch_size, shuffle=True, collate_fn=pad_collate)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, self.batch_size, shuffle=False, collate_fn=pad_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, self.batch_size, collate_fn=pad_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_dataset, self.batch_size, collate_fn=pad_collate)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+def tiny_trainer(**overrides: Any) -> pl.Trainer:
+    """A CPU Trainer without logger, checkpoints or progress bar (2 steps unless told otherwise)."""
+    kwargs: dict[str, Any] = {
+        "max_steps": 2,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1,
+    }
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+# --- student / export helpers (appended by the student engineer) ---------------------------------
+
+
+def tiny_student_config(**overrides: Any) -> dict[str, Any]:
+    """A 1-layer, hidden-16 student (narrower than :func:`tiny_encoder_config`, so projections exist)."""
+    config = tiny_encoder_config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20
+    )
+    config.update(overrides)
+    return config
+
+
+def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = None, **overrides: Any) -> str:
+    """Fit a tiny MetaTeacher (backbone ``minilm-l6`` tokenizer, tiny random encoder) for 2 steps and
+    save it with ``trainer.save_checkpoint(path)``; returns ``path``."""
+    from metakd.teacher import MetaTeacher
+
+    datamodule = datamodule or ToyMultiDomainDataModule(backbone="minilm-l6")
+    kwargs: dict[str, Any] = {
+        "backbone": "minilm-l6",
+        "num_labels": datamodule.num_labels,
+        "num_domains": datamodule.num_domains,
+        "domain_names": datamodule.domain_names,
+        "label_names": datamodule.label_names,
+        "encoder_config": tiny_encoder_config(),
+        "transferability_cache": False,
+    }
+    kwargs.update(overrides)
+    trainer = tiny_trainer()
+    trainer.fit(MetaTeacher(**kwargs), datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    return path
