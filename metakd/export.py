@@ -1,0 +1,242 @@
+"""``python -m metakd export --ckpt PATH --out DIR [--onnx] [--int8]``: a trained Student as a plain
+HuggingFace model directory (and optionally ONNX / dynamically quantised int8 ONNX).
+
+The directory holds the student's ``*ForSequenceClassification`` weights (the Student keeps exactly
+that layout in ``Student.model``, so the export is the trained network, not a re-assembly), a config
+with ``id2label`` / ``label2id`` from the data's label names, and the tokenizer the student was
+trained with. It loads with ``transformers.pipeline("text-classification", model=DIR)``.
+
+Checks: the re-loaded HF model reproduces the checkpoint's logits on a probe batch (max abs diff
+<= 1e-5); the ONNX model reproduces them within ``--atol`` (1e-4; an error otherwise); the int8
+model's agreement (argmax agreement, max abs diff) is reported without a tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXTS = [
+    "A wonderful book: I could not put it down.",
+    "The blender broke after two days and support never answered.",
+    "ok",
+    "Great picture quality, terrible sound, and the remote feels cheap but works well enough for now.",
+]
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done or does not reproduce the student."""
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how closely each format reproduces the student's logits."""
+
+    out_dir: str
+    hf_max_abs_diff: float
+    onnx_path: str | None = None
+    onnx_max_abs_diff: float | None = None
+    int8_path: str | None = None
+    int8_max_abs_diff: float | None = None
+    int8_argmax_agreement: float | None = None
+
+
+def read_student_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Student checkpoint (tensors and plain data only), with clear errors."""
+    from metakd.student import CHECKPOINT_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint not found: {str(path)!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ExportError(f"cannot read the checkpoint {str(path)!r} ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise ExportError(
+            f"{str(path)!r} is not a metakd Student checkpoint (no {CHECKPOINT_KEY!r} entry); "
+            "export works on checkpoints written while fitting a metakd.Student"
+        )
+    return checkpoint
+
+
+def build_hf_model(checkpoint: dict[str, Any]) -> nn.Module:
+    """The checkpoint's student as a ``*ForSequenceClassification`` model in eval mode."""
+    from transformers import CONFIG_MAPPING, AutoModelForSequenceClassification
+
+    from metakd.student import CHECKPOINT_KEY
+
+    meta = checkpoint[CHECKPOINT_KEY]
+    config_dict = dict(meta["hf_config"])
+    model_type = config_dict.pop("model_type", "bert")
+    config = CONFIG_MAPPING[model_type].from_dict(config_dict)
+    labels = list(meta["label_names"])
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    config.num_labels = len(labels)
+    model = AutoModelForSequenceClassification.from_config(config)
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    result = model.load_state_dict(state, strict=False)
+    # Non-persistent buffers (e.g. position_ids) may be absent; real weights may not.
+    missing = [k for k in result.missing_keys if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or result.unexpected_keys:
+        raise ExportError(
+            f"the checkpoint's student weights do not fit its config: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    return model.eval()
+
+
+def _probe_batch(tokenizer: Any) -> dict[str, Tensor]:
+    encoded = tokenizer(PROBE_TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    if "token_type_ids" not in encoded:
+        encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
+    return {k: encoded[k] for k in ONNX_INPUTS}
+
+
+class _LogitsOnly(nn.Module):
+    """``(input_ids, attention_mask, token_type_ids) -> logits`` for tracing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+
+def _onnx_logits(path: Path, batch: dict[str, Tensor]) -> Tensor:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: v.numpy() for k, v in batch.items() if k in wanted}
+    return torch.from_numpy(session.run(["logits"], feeds)[0])
+
+
+def export_onnx(model: nn.Module, batch: dict[str, Tensor], path: Path, opset: int = 17) -> None:
+    """``torch.onnx.export`` (TorchScript exporter) with dynamic batch and sequence axes."""
+    wrapper = _LogitsOnly(model).eval()
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    dynamic_axes["logits"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            tuple(batch[k] for k in ONNX_INPUTS),
+            str(path),
+            dynamo=False,
+            input_names=list(ONNX_INPUTS),
+            output_names=["logits"],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+        )
+    model.eval()  # the exporter restores the wrapper's mode recursively
+
+
+def export_student(
+    ckpt: str | Path,
+    out: str | Path,
+    onnx: bool = False,
+    int8: bool = False,
+    atol: float = 1e-4,
+    tokenizer_name: str | None = None,
+) -> ExportReport:
+    """Write the student of ``ckpt`` to ``out`` (HF directory [+ model.onnx [+ model.int8.onnx]])."""
+    from transformers import AutoModelForSequenceClassification
+
+    from metakd.backbones import load_tokenizer
+    from metakd.student import CHECKPOINT_KEY
+
+    if int8 and not onnx:
+        raise ExportError("--int8 quantises the ONNX model: add --onnx")
+    checkpoint = read_student_checkpoint(ckpt)
+    model = build_hf_model(checkpoint)
+    tokenizer = load_tokenizer(tokenizer_name or checkpoint[CHECKPOINT_KEY]["tokenizer_name"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+    batch = _probe_batch(tokenizer)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        reloaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
+        hf_diff = float((reloaded(**batch).logits - reference).abs().max())
+    if hf_diff > 1e-5:
+        raise ExportError(
+            f"the exported HF model in {out} differs from the checkpoint: max |diff| {hf_diff:.3g}"
+        )
+    report = ExportReport(out_dir=str(out), hf_max_abs_diff=hf_diff)
+
+    if onnx:
+        onnx_path = out / "model.onnx"
+        export_onnx(model, batch, onnx_path)
+        # Probe another shape too, so a shape baked in by tracing would show.
+        probes = [batch, {k: v[:2, : max(3, v.shape[1] // 2)] for k, v in batch.items()}]
+        diff = 0.0
+        for probe in probes:
+            with torch.no_grad():
+                expected = model(**probe).logits
+            diff = max(diff, float((_onnx_logits(onnx_path, probe) - expected).abs().max()))
+        if diff > atol:
+            raise ExportError(f"ONNX logits differ from PyTorch by {diff:.3g} > atol {atol:g} ({onnx_path})")
+        report.onnx_path, report.onnx_max_abs_diff = str(onnx_path), diff
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            int8_path = out / "model.int8.onnx"
+            quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+            quantized = _onnx_logits(int8_path, batch)
+            report.int8_path = str(int8_path)
+            report.int8_max_abs_diff = float((quantized - reference).abs().max())
+            report.int8_argmax_agreement = float(
+                (quantized.argmax(-1) == reference.argmax(-1)).float().mean()
+            )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m metakd export ...``; returns the process exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m metakd export",
+        description="Write a trained metakd Student as a HuggingFace model directory (optionally ONNX, int8)",
+    )
+    parser.add_argument("--ckpt", required=True, help="Student checkpoint (.ckpt) written by `fit`")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx and check it with ONNX Runtime"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also write model.int8.onnx (dynamic quantisation)"
+    )
+    parser.add_argument("--atol", type=float, default=1e-4, help="ONNX vs PyTorch logits tolerance (1e-4)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer to save (default: the student's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        report = export_student(args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer)
+    except ExportError as err:
+        print(f"export failed: {err}")
+        return 1
+    print(f"exported to {report.out_dir} (HF re-load max |diff| {report.hf_max_abs_diff:.2e})")
+    if report.onnx_path:
+        print(f"ONNX: {report.onnx_path}, max |diff| vs PyTorch {report.onnx_max_abs_diff:.2e}")
+    if report.int8_path:
+        print(
+            f"int8: {report.int8_path}, max |diff| {report.int8_max_abs_diff:.3g}, "
+            f"argmax agreement {report.int8_argmax_agreement:.3f} on {len(PROBE_TEXTS)} probe texts"
+        )
+    (Path(report.out_dir) / "export_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    return 0

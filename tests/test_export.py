@@ -1,0 +1,78 @@
+"""Export: HF directory round trip through transformers.pipeline, ONNX and int8 round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ToyMultiDomainDataModule, tiny_student_config, tiny_trainer
+
+from metakd.export import ExportError, export_student, main
+from metakd.student import Student
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Student]:
+    """A tiny no-KD student (real MiniLM tokenizer, tiny BertConfig of vocab 30522), 2 steps."""
+    data = ToyMultiDomainDataModule(backbone="minilm-l6", target_domain="dom0")
+    student = Student(
+        teacher_ckpt=None,
+        distillation="none",
+        num_labels=data.num_labels,
+        num_domains=data.num_domains,
+        domain_names=data.domain_names,
+        label_names=["negative", "positive"],
+        target_domain="dom0",
+        tokenizer_name="minilm-l6",
+        student_config=tiny_student_config(),
+    )
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(student, datamodule=data)
+    path = tmp_path_factory.mktemp("student") / "student.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path), student.eval()
+
+
+def test_export_round_trip_through_pipeline_and_onnx(
+    student_ckpt: tuple[str, Student], tmp_path: Path, minilm_tokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    path, student = student_ckpt
+    out = tmp_path / "exported"
+    assert main(["--ckpt", path, "--out", str(out), "--onnx", "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "ONNX:" in printed and "argmax agreement" in printed
+    assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["onnx_max_abs_diff"] <= 1e-4
+    assert 0.0 <= report["int8_argmax_agreement"] <= 1.0
+
+    texts = ["a good book", "the movie was not great at all, sadly"]
+    batch = minilm_tokenizer(texts, padding=True, return_tensors="pt")
+    exported = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        torch.testing.assert_close(exported(**batch).logits, expected, atol=1e-6, rtol=0)
+    assert exported.config.id2label == {0: "negative", 1: "positive"}
+
+    classify = pipeline("text-classification", model=str(out), device="cpu")
+    predictions = classify(texts)
+    assert [p["label"] for p in predictions] == [
+        exported.config.id2label[int(i)] for i in expected.argmax(-1)
+    ]
+    assert predictions[0]["score"] == pytest.approx(float(expected.softmax(-1)[0].max()), abs=1e-5)
+
+
+def test_export_rejects_what_it_cannot_export(tmp_path: Path, student_ckpt: tuple[str, Student]) -> None:
+    with pytest.raises(ExportError, match="checkpoint not found"):
+        export_student(tmp_path / "missing.ckpt", tmp_path / "out")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ExportError, match="not a metakd Student checkpoint"):
+        export_student(foreign, tmp_path / "out")
+    with pytest.raises(ExportError, match="add --onnx"):
+        export_student(student_ckpt[0], tmp_path / "out", int8=True)
+    assert main(["--ckpt", str(foreign), "--out", str(tmp_path / "out")]) == 1
