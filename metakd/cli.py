@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 # Attributes every datamodule exposes after __init__, and the model init arg each one fills.
 DATA_TO_MODEL_LINKS = {
@@ -49,6 +49,20 @@ class MetaKDCLI(LightningCLI):
         if config.get("checkpoint") is not None and not config.checkpoint.get("dirpath"):
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        # A logger's relative save_dir (configs/loggers/*.yaml use ".") lies under default_root_dir, so
+        # each run (e.g. each sweep trial) keeps its logs, W&B files and config.yaml in its own folder.
+        root = config.trainer.get("default_root_dir")
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            save_dir = init_args.get("save_dir") if init_args is not None else None
+            if (
+                root
+                and save_dir is not None
+                and not os.path.isabs(str(save_dir))
+                and "://" not in str(save_dir)
+            ):
+                init_args.save_dir = os.path.normpath(os.path.join(root, str(save_dir)))
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -87,11 +101,32 @@ def resolve_best_checkpoint(trainer: Any) -> str:
     raise ValueError(f'ckpt_path "best": {last} records no best checkpoint (was val/acc ever logged?)')
 
 
+class MetaKDSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml to ``trainer.log_dir`` and uploads the resolved config to a W&B run.
+
+    For a ``WandbLogger`` the log_dir is the logger's save_dir (the run folder); W&B keeps its own
+    ``config.yaml`` under ``<save_dir>/wandb/<run>/files/``, so neither file overwrites the other.
+    """
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not wandb_loggers:
+            return
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in wandb_loggers:
+            logger.log_hyperparams(config)
+
+
 def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
     """Run the LightningCLI subcommands (fit/validate/test/predict)."""
     return MetaKDCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=MetaKDSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
@@ -100,6 +135,7 @@ def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
 
 EXTRA_COMMANDS = {
     "export": "metakd.export",
+    "sweep": "metakd.sweep",
 }
 
 
