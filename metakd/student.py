@@ -849,7 +849,12 @@ class Student(pl.LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
         logits, labels = logits[rows], batch["labels"][rows]
         metric.update(logits, labels)
-        self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), labels), batch_size=int(rows.sum()))
+        self.log(
+            f"{prefix}/loss",
+            F.cross_entropy(logits.float(), labels),
+            batch_size=int(rows.sum()),
+            sync_dist=True,
+        )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_acc, "val")
