@@ -227,7 +227,9 @@ def build_student_model(
             if attention is not None and hasattr(attention, "layer_idx"):
                 attention.layer_idx = new_index
         model.config.num_hidden_layers = len(keep)
-    return model
+    # from_pretrained returns the model in eval mode and Lightning keeps each module's mode: without
+    # this the student would train with dropout off.
+    return model.train()
 
 
 @dataclass

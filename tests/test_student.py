@@ -274,3 +274,12 @@ def test_teacher_records_its_own_hparams_inside_lightning_cli_context(teacher_ck
     with _given_hyperparameters_context({"teacher_ckpt": teacher_ckpt}, "test"):
         student = make_student(teacher_ckpt, data, distillation="vanilla")
     assert student.teacher.hparams["backbone"] == "minilm-l6"
+
+
+def test_pretrained_student_trains_with_dropout_on() -> None:
+    """from_pretrained gives eval mode; the student's layer subset must be in train mode for fit."""
+    from metakd.student import build_student_model
+
+    model = build_student_model(2, ["neg", "pos"], "minilm-l6", "minilm-l6", [0, 5], None)
+    assert len(model.base_model.encoder.layer) == 2
+    assert all(module.training for module in model.modules())
