@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from datamodules.errors import DataError
 from metakd.backbones import DEFAULT_BACKBONE, load_tokenizer
@@ -114,6 +114,32 @@ def stratified_subset(labels: list[int], fraction: float, seed: int) -> list[int
         k = max(1, int(round(fraction * len(positions))))
         keep.extend(rng.permutation(positions)[:k].tolist())
     return sorted(keep)
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A ``RandomSampler`` whose permutation depends only on ``seed`` and the epoch.
+
+    Lightning calls ``set_epoch`` before each training epoch; without it (a loop outside Lightning) each
+    ``iter()`` moves to the next epoch. Being a ``RandomSampler``, Lightning still sees the loader as
+    shuffled (and swaps in a ``DistributedSampler`` under DDP, which is seeded by epoch as well).
+    """
+
+    def __init__(self, data_source: Any, seed: Any) -> None:
+        super().__init__(data_source)
+        self.seed = int(hashlib.sha256(repr(seed).encode()).hexdigest()[:15], 16)
+        self.epoch = 0
+        self._epoch_given = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._epoch_given = True
+
+    def __iter__(self):
+        epoch = self.epoch
+        if not self._epoch_given:
+            self.epoch += 1
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class PadCollator:
@@ -489,10 +515,17 @@ class MultiDomainDataModule(LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
+        sampler = None
+        if shuffle:
+            # The order is a function of (seed, global seed, loader index, epoch), not of the global RNG's
+            # position: a run resumed from an epoch-end checkpoint sees the same batches.
+            calls = getattr(self, "_shuffled_loaders", 0)
+            self._shuffled_loaders = calls + 1
+            sampler = EpochSeededRandomSampler(dataset, seed=(int(self.seed), torch.initial_seed(), calls))
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self._collator,
             persistent_workers=self.num_workers > 0,

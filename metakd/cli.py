@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 # Attributes every datamodule exposes after __init__, and the model init arg each one fills.
@@ -25,11 +24,23 @@ DATA_TO_MODEL_LINKS = {
 }
 
 
+# Datamodule init args copied into the model's init args when the model class takes them (the Student
+# does, the MetaTeacher does not). LightningCLI links cannot be conditional on the chosen subclass, so
+# the copy happens on the parsed config: an explicit, different model value is an error.
+DATA_TO_MODEL_OPTIONAL = {
+    "target_domain": "target_domain",
+    "backbone": "tokenizer_name",
+}
+
+
 class MetaKDCLI(LightningCLI):
     """LightningCLI with metakd's checkpointing and datamodule -> model links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        from metakd.checkpointing import LastModelCheckpoint
+
+        # LastModelCheckpoint: a ModelCheckpoint whose last.ckpt follows every epoch (see its docstring).
+        parser.add_lightning_class_args(LastModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -43,9 +54,10 @@ class MetaKDCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        copy_optional_links(config)
         # Checkpoints go to a fixed folder under default_root_dir (not a versioned log folder) so that
         # a later process finds them: `fit --ckpt_path last` resumes, `test --ckpt_path best` evaluates.
-        config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("checkpoint") is not None and not config.checkpoint.get("dirpath"):
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
@@ -64,11 +76,92 @@ class MetaKDCLI(LightningCLI):
             ):
                 init_args.save_dir = os.path.normpath(os.path.join(root, str(save_dir)))
 
+    def after_fit(self) -> None:
+        link_best_checkpoint(self.trainer)
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if subcommand != "fit" and kwargs.get("ckpt_path") == "best":
             kwargs["ckpt_path"] = resolve_best_checkpoint(self.trainer)
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from metakd.checkpointing import check_checkpoint_file
+
+            # A clear error naming the file before Lightning tries to unpickle it.
+            check_checkpoint_file(ckpt_path, expected=type(self.model).__name__)
         return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI unpickles --ckpt_path here (for its hparams): check the file first for a clear error.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from metakd.checkpointing import check_checkpoint_file
+
+            model = self.config[subcommand].get("model")
+            class_path = model.get("class_path") if hasattr(model, "get") else None
+            check_checkpoint_file(ckpt_path, expected=str(class_path or "Lightning").rpartition(".")[2])
+        super()._parse_ckpt_path()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from pytorch_lightning.plugins.io import CheckpointIO
+
+        from metakd.checkpointing import AtomicCheckpointIO
+
+        # Checkpoints are written atomically (metakd/checkpointing.py) unless the user picks a CheckpointIO.
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def copy_optional_links(config: Any) -> None:
+    """Copy ``DATA_TO_MODEL_OPTIONAL`` values from the data's init args into the model's, where accepted."""
+    import importlib
+    import inspect
+
+    model, data = config.get("model"), config.get("data")
+    if model is None or data is None or not model.get("class_path") or data.get("init_args") is None:
+        return
+    module_name, _, class_name = model.class_path.rpartition(".")
+    parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters
+    for source, target in DATA_TO_MODEL_OPTIONAL.items():
+        if target not in parameters or source not in data.init_args:
+            continue
+        value, current = data.init_args[source], model.init_args.get(target)
+        if current is not None and value is not None and current != value:
+            raise ValueError(
+                f"model.init_args.{target} is {current!r} but data.init_args.{source} is {value!r}; they "
+                f"must agree (leave model.init_args.{target} unset: it is taken from the data)"
+            )
+        if current is None:
+            model.init_args[target] = value
+
+
+def link_best_checkpoint(trainer: Any) -> Path | None:
+    """Give the best checkpoint a stable name, ``<dirpath>/best.ckpt`` (a hard link, else a copy).
+
+    A student config then names its teacher as ``runs/<corpus>/meta_teacher/checkpoints/best.ckpt``.
+    """
+    import shutil
+
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path or not trainer.is_global_zero:
+        return None
+    best = Path(callback.best_model_path)
+    target = best.parent / "best.ckpt"
+    if best.resolve() == target.resolve():
+        return target
+    partial = target.with_name(".best.ckpt.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(best, partial)
+    except OSError:
+        shutil.copyfile(best, partial)
+    os.replace(partial, target)  # atomic: a reader never sees a half-written best.ckpt
+    return target
 
 
 def resolve_best_checkpoint(trainer: Any) -> str:
@@ -136,16 +229,17 @@ def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
 EXTRA_COMMANDS = {
     "export": "metakd.export",
     "sweep": "metakd.sweep",
+    "pipeline": "metakd.pipeline",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m metakd`` and the ``metakd`` script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in EXTRA_COMMANDS:
         import importlib
 
-        module = importlib.import_module(EXTRA_COMMANDS[argv[0]])
-        return int(module.main(argv[1:]) or 0)
-    run_lightning_cli(argv)
+        module = importlib.import_module(EXTRA_COMMANDS[words[0]])
+        return int(module.main(words[1:]) or 0)
+    run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     return 0

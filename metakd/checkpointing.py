@@ -1,0 +1,162 @@
+"""Checkpoint files: atomic writes and loading with clear errors.
+
+Lightning's ``TorchCheckpointIO`` serialises to memory, then writes through an fsspec transaction whose
+temporary file lies in the system temp directory (``tempfile.mkstemp()``) and is moved into place with
+``shutil.move``. When that directory is on another filesystem than the checkpoint folder (a tmpfs
+``/tmp``, a network or scratch volume), the move is a copy: a process killed during it leaves a truncated
+``last.ckpt``. :class:`AtomicCheckpointIO` writes ``<path>.partial`` next to the target, fsyncs it and
+``os.replace``-s it over the target, so a reader sees the old file or the new one, never a half.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+# What each metakd module writes into its checkpoints (a key checked before a checkpoint is used).
+EXPECTED_KEYS = {
+    "MetaTeacher": ("state_dict", "hyper_parameters"),
+    "Student": ("state_dict", "hyper_parameters"),
+    "Lightning": ("state_dict",),
+}
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read, or is not the kind of checkpoint expected."""
+
+
+class LastModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch (with ``save_last``).
+
+    Lightning 2.6 writes ``last.ckpt`` only when it also writes a top-k checkpoint, so with
+    ``monitor="val/acc"`` an epoch that does not improve leaves ``last.ckpt`` at the best epoch and
+    ``fit --ckpt_path last`` would silently resume from there. Here ``last.ckpt`` is also written at the
+    end of every ``every_n_epochs``-th epoch.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # Keep ModelCheckpoint's key: checkpoints stay interchangeable (resume, `--ckpt_path best`).
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__) :]
+
+    def _save_last_if_missed(self, trainer: Any) -> None:
+        if (
+            self.save_last
+            and self._every_n_epochs >= 1
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            and self._last_global_step_saved != trainer.global_step
+            and not self._defer_save_until_validation
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        active = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(
+            trainer
+        )
+        super().on_train_epoch_end(trainer, pl_module)
+        if active:
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        active = not self._should_skip_saving_checkpoint(
+            trainer
+        ) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if active:
+            self._save_last_if_missed(trainer)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes ``<path>.partial`` in the target folder, then ``os.replace``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
+        target = str(path)
+        if "://" in target and not target.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path)  # remote filesystems: Lightning's way
+        target_path = Path(target.removeprefix("file://"))
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # fails before any file is touched
+        partial = target_path.with_name(target_path.name + ".partial")
+        try:
+            with open(partial, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target_path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        check_checkpoint_file(path)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def _describe(path: Any) -> str:
+    return repr(str(path))
+
+
+def check_checkpoint_file(path: Any, expected: str = "Lightning") -> None:
+    """Raise :class:`CheckpointFileError` unless ``path`` is an existing, complete torch zip file.
+
+    Cheap (reads the zip directory, not the tensors): catches a missing file, a truncated copy, a text
+    file or any non-torch file, naming the path and what was expected.
+    """
+    what = f"a {expected} checkpoint (.ckpt written by `python -m metakd fit`)"
+    p = Path(str(path))
+    if not p.is_file():
+        raise CheckpointFileError(f"checkpoint not found: {_describe(path)}; expected {what}")
+    if p.stat().st_size == 0:
+        raise CheckpointFileError(f"{_describe(path)} is empty; expected {what}")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointFileError(
+            f"{_describe(path)} is not a torch checkpoint (truncated, or another kind of file); "
+            f"expected {what}"
+        )
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointFileError(
+            f"{_describe(path)} is a damaged torch checkpoint ({err}); expected {what}"
+        ) from err
+    if not any(name.endswith("data.pkl") for name in names):
+        raise CheckpointFileError(f"{_describe(path)} is a damaged torch checkpoint; expected {what}")
+
+
+def load_checkpoint_file(path: Any, expected: str = "Lightning", map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors that name the path and the expected kind.
+
+    ``expected`` is a key of :data:`EXPECTED_KEYS` (``"MetaTeacher"``, ``"Student"``, ``"Lightning"``).
+    """
+    check_checkpoint_file(path, expected)
+    what = f"a {expected} checkpoint"
+    try:
+        checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointFileError(f"cannot read {_describe(path)} as {what}: {first}") from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(
+            f"{_describe(path)} holds a {type(checkpoint).__name__}, not {what} (a dict with "
+            f"{', '.join(EXPECTED_KEYS.get(expected, ('state_dict',)))})"
+        )
+    missing = [key for key in EXPECTED_KEYS.get(expected, ("state_dict",)) if key not in checkpoint]
+    if missing:
+        raise CheckpointFileError(
+            f"{_describe(path)} is not {what}: it has no {missing} entry "
+            f"(keys: {sorted(map(str, checkpoint))[:8]})"
+        )
+    return checkpoint
