@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -294,6 +294,21 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
+def loaded_examples_fingerprint(dataloader: Iterable[Mapping[str, Tensor]]) -> str | None:
+    """Hash of the sorted ``example_ids`` a loader yields (``target_domain`` / ``train_fraction`` load a
+    subset of the pooled split without changing ``split_fingerprint``). Read from the dataset's
+    ``example_ids`` column when it has one, else from one pass over the loader's batches; None for a
+    one-shot iterator (it cannot be read twice)."""
+    dataset = getattr(dataloader, "dataset", None)
+    if "example_ids" in (getattr(dataset, "column_names", None) or ()) and hasattr(dataset, "with_format"):
+        ids = [int(i) for i in dataset.with_format(None)["example_ids"]]
+    elif isinstance(dataloader, Iterator):
+        return None
+    else:
+        ids = [int(i) for batch in dataloader for i in batch["example_ids"].reshape(-1).tolist()]
+    return hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:24]
+
+
 def transferability_cache_key(
     split_fingerprint: str,
     backbone: str,
@@ -344,6 +359,7 @@ def load_or_compute_transferability(
         "num_examples": num_examples,
         "num_domains": num_domains,
         "num_labels": num_labels,
+        "examples": loaded_examples_fingerprint(dataloader),  # the loaded subset of the pooled split
     }
     key = transferability_cache_key(
         split_fingerprint, backbone, encoder_fingerprint(encoder), max_length, options
