@@ -33,6 +33,6 @@ echo "== export -> $student_dir/export"
 import sys
 from transformers import pipeline
 classify = pipeline("text-classification", model=sys.argv[1])
-for text in ["A gripping story, I could not put it down.", "Dull, badly written and far too long."]:
+for text in ["A wonderful book, beautifully written and a joy to read.", "Dull, badly written and far too long."]:
     print(f"{text!r} -> {classify(text)[0]}")
 PYEOF
