@@ -1,0 +1,746 @@
+"""``python -m metakd pipeline --config configs/amazon/benchmark.yaml [--quick] [--seeds 1 2 3]``.
+
+Trains the paper's comparison on one split, seed and step budget and writes a results JSON and a
+Markdown table (rows = methods, columns = target domains + average; test accuracy, selected on dev):
+
+- teachers: single-domain (one per domain: ``weighting: none``, ``domain_loss: none``,
+  ``data.target_domain``), mixed-domain (``weighting: none``, ``domain_loss: none``), meta-teacher
+  (the defaults);
+- students per domain: fine-tuning without KD (``distillation: none``), vanilla KD from the mixed
+  teacher, TinyBERT-KD from that domain's single-domain teacher, Meta-KD from the meta-teacher;
+- optional studies (``studies: [main, scarcity, zero_shot]``): data scarcity (Meta-KD vs TinyBERT-KD
+  on one domain at several ``train_fraction``; PNG plot when matplotlib is installed) and zero-shot
+  (a meta-teacher trained without the target domain, the student distilled with ``teacher_domain``).
+
+Each *cell* is one model: a folder ``<runs_dir>/<name>/<seed>/<cell>`` with ``cell.yaml`` (the exact,
+fully merged LightningCLI config), the logs of ``python -m metakd fit --config cell.yaml`` and
+``python -m metakd test --config cell.yaml --ckpt_path best`` (two subprocesses), and ``result.json``
+once both succeeded. A cell with a ``result.json`` is skipped, so an interrupted pipeline continues
+where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test metrics are written by
+:class:`TestMetricsWriter`, a callback placed in the cell's config (no log parsing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+try:  # the callback needs Lightning; the rest of the module does not
+    from pytorch_lightning import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object  # type: ignore[assignment,misc]
+
+RESULT_FILE = "result.json"
+TEST_METRICS_FILE = "test_metrics.json"
+
+MAIN_ROWS = [
+    ("teacher_single", "Teacher: single-domain"),
+    ("teacher_mixed", "Teacher: mixed-domain"),
+    ("teacher_meta", "Teacher: meta-teacher"),
+    ("student_none", "Student: fine-tune, no KD"),
+    ("student_vanilla", "Student: vanilla KD (mixed teacher)"),
+    ("student_tinybert", "Student: TinyBERT-KD (single-domain teacher)"),
+    ("student_meta", "Student: Meta-KD (meta-teacher)"),
+]
+
+
+class PipelineError(RuntimeError):
+    """A bad pipeline configuration."""
+
+
+# --------------------------------------------------------------------------------------------------
+# callback used inside the cells' test runs
+
+
+class TestMetricsWriter(_Callback):  # type: ignore[misc,valid-type]
+    """Writes ``trainer.callback_metrics`` of a test run (``test/*``) to ``path`` as JSON, atomically."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")
+        }
+        payload = {"metrics": metrics, "ckpt_path": str(getattr(trainer, "ckpt_path", None) or "")}
+        write_json(Path(self.path), payload)
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """``override`` merged into a copy of ``base`` (mappings recursively; other values replace)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = copy.deepcopy(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(merged[key], value) if key in merged else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any]:
+    """Read a pipeline config; ``extends: <file>`` merges onto another one, ``quick`` (or ``--quick``)
+    merges the ``quick:`` section and appends ``_quick`` to the name."""
+    path = Path(path)
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if "extends" in config:
+        parent = load_pipeline_config(path.parent / config.pop("extends"))
+        config = deep_merge(parent, config)
+    if quick or config.pop("apply_quick", False):
+        overrides = config.get("quick") or {}
+        config = deep_merge(config, overrides)
+        config["name"] = f"{config.get('name', config.get('corpus', 'benchmark'))}_quick"
+        config["is_quick"] = True
+    config.pop("quick", None)
+    for key in ("teacher", "student", "domains"):
+        if key not in config:
+            raise PipelineError(f"{path}: the pipeline config needs `{key}`")
+    config.setdefault("corpus", "benchmark")
+    config.setdefault("name", config["corpus"])
+    config.setdefault("studies", ["main"])
+    config.setdefault("seeds", [42])
+    config.setdefault("runs_dir", "runs/benchmark")
+    config.setdefault("results_dir", "benchmarks/results")
+    unknown = set(config["studies"]) - {"main", "scarcity", "zero_shot"}
+    if unknown:
+        raise PipelineError(f"unknown studies {sorted(unknown)}; choose from main, scarcity, zero_shot")
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# cells
+
+
+@dataclass
+class Cell:
+    """One model of the benchmark: its name, kind (teacher/student), overrides and dependencies."""
+
+    name: str
+    kind: str  # "teacher" | "student"
+    overrides: dict[str, Any]
+    needs: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def fraction_tag(fraction: float) -> str:
+    return f"{round(fraction * 100):d}pct"
+
+
+def student_cell_name(method: str, domain: str, fraction: float | None = None) -> str:
+    """``student/<method>/<domain>``; below 100% of the data ``student/<method>_<N>pct/<domain>``."""
+    if fraction is not None and fraction < 1.0:
+        return f"student/{method}_{fraction_tag(fraction)}/{domain}"
+    return f"student/{method}/{domain}"
+
+
+def plan_cells(config: dict[str, Any]) -> list[Cell]:
+    """Every cell of one seed, teachers first, without duplicates (a study reuses the main cells)."""
+    domains: list[str] = list(config["domains"])
+    studies = config["studies"]
+    cells: dict[str, Cell] = {}
+
+    def teacher(name: str, overrides: dict[str, Any], **info: Any) -> str:
+        cells.setdefault(name, Cell(name, "teacher", overrides, info=info))
+        return name
+
+    def student(name: str, overrides: dict[str, Any], needs: list[str], **info: Any) -> str:
+        cells.setdefault(name, Cell(name, "student", overrides, needs, info))
+        return name
+
+    plain = {"model": {"init_args": {"weighting": "none", "domain_loss": "none"}}}
+
+    def single_teacher(domain: str) -> str:
+        overrides = deep_merge(plain, {"data": {"init_args": {"target_domain": domain}}})
+        return teacher(f"teacher/single/{domain}", overrides, row="teacher_single", domain=domain)
+
+    def mixed_teacher() -> str:
+        return teacher("teacher/mixed", plain, row="teacher_mixed")
+
+    def meta_teacher() -> str:
+        return teacher("teacher/meta", {}, row="teacher_meta")
+
+    def student_cell(method: str, domain: str, fraction: float | None = None, **info: Any) -> str:
+        data: dict[str, Any] = {"target_domain": domain}
+        name = student_cell_name(method, domain, fraction)
+        if fraction is not None and fraction < 1.0:
+            data["train_fraction"] = fraction
+        model: dict[str, Any] = {"distillation": method}
+        needs: list[str] = []
+        if method == "none":
+            model["teacher_ckpt"] = None
+        else:
+            source = {"vanilla": mixed_teacher, "meta": meta_teacher}.get(method)
+            needs = [source() if source else single_teacher(domain)]
+            model["teacher_ckpt"] = needs[0]  # resolved to a checkpoint path per seed
+        info.setdefault("row", f"student_{method}")
+        if fraction is not None:
+            info["train_fraction"] = fraction
+        return student(
+            name, {"model": {"init_args": model}, "data": {"init_args": data}}, needs, domain=domain, **info
+        )
+
+    if "main" in studies:
+        for domain in domains:
+            single_teacher(domain)
+        mixed_teacher()
+        meta_teacher()
+        for method in ("none", "vanilla", "tinybert", "meta"):
+            for domain in domains:
+                student_cell(method, domain)
+    if "scarcity" in studies:
+        scarcity = config.get("scarcity") or {}
+        domain = scarcity.get("domain", domains[0])
+        for method in scarcity.get("methods", ["tinybert", "meta"]):
+            for fraction in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0]):
+                student_cell(method, domain, float(fraction), study="scarcity")
+    if "zero_shot" in studies:
+        zero = config.get("zero_shot") or {}
+        domain = zero.get("domain", domains[0])
+        all_domains = list(zero.get("all_domains", domains))
+        others = [d for d in all_domains if d != domain]
+        stand_in = zero.get("teacher_domain", others[0])
+        without = teacher(
+            f"teacher/meta_without_{domain}",
+            {"data": {"init_args": {"domains": others}}},
+            study="zero_shot",
+            domain=domain,
+        )
+        student(
+            f"student/meta_zeroshot/{domain}",
+            {
+                "model": {
+                    "init_args": {"distillation": "meta", "teacher_ckpt": without, "teacher_domain": stand_in}
+                },
+                "data": {"init_args": {"target_domain": domain}},
+            },
+            [without],
+            study="zero_shot",
+            domain=domain,
+            teacher_domain=stand_in,
+        )
+        meta_teacher()
+        student_cell("meta", domain, study="zero_shot_reference")
+    ordered = [c for c in cells.values() if c.kind == "teacher"] + [
+        c for c in cells.values() if c.kind == "student"
+    ]
+    return ordered
+
+
+def cell_dir(config: dict[str, Any], seed: int, cell: str) -> Path:
+    return Path(config["runs_dir"]) / config["name"] / str(seed) / cell
+
+
+def best_checkpoint(config: dict[str, Any], seed: int, cell: str) -> Path:
+    return cell_dir(config, seed, cell) / "checkpoints" / "best.ckpt"
+
+
+def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
+    """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths."""
+    merged = deep_merge(config[cell.kind], cell.overrides)
+    directory = cell_dir(config, seed, cell.name)
+    merged["seed_everything"] = int(seed)
+    trainer = merged.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(directory)
+    callbacks = list(trainer.get("callbacks") or [])
+    callbacks.append(
+        {
+            "class_path": "metakd.pipeline.TestMetricsWriter",
+            "init_args": {"path": str(directory / TEST_METRICS_FILE)},
+        }
+    )
+    trainer["callbacks"] = callbacks
+    init_args = merged.setdefault("model", {}).setdefault("init_args", {})
+    if cell.needs:
+        init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float | None) -> int:
+    """``python -m metakd <args>`` in a subprocess (output to ``log_path``), or in this process."""
+    if in_process:
+        from metakd.cli import main as cli_main
+
+        try:
+            return int(cli_main(args) or 0)
+        except SystemExit as exit_:
+            return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+        except Exception as err:  # noqa: BLE001 - a failed cell must not stop the pipeline
+            import traceback
+
+            log_path.write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}", encoding="utf-8")
+            return 1
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            process = subprocess.run(
+                [sys.executable, "-m", "metakd", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            log.write(f"\n[pipeline] timed out after {timeout} s\n")
+            return 124
+    return process.returncode
+
+
+def run_cell(
+    config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False
+) -> tuple[str, float, str]:
+    """Fit and test one cell; returns (status, seconds, message), status done|skipped|failed|blocked."""
+    directory = cell_dir(config, seed, cell.name)
+    result_path = directory / RESULT_FILE
+    if result_path.is_file():
+        return "skipped", 0.0, ""
+    for need in cell.needs:
+        if not (cell_dir(config, seed, need) / RESULT_FILE).is_file():
+            return "blocked", 0.0, f"needs {need}"
+    directory.mkdir(parents=True, exist_ok=True)
+    full = cell_config(config, seed, cell)
+    config_path = directory / "cell.yaml"
+    config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
+    timeout = config.get("cell_timeout_s")
+    start = time.monotonic()
+    fit_marker = directory / "fit.done"
+    if not fit_marker.is_file():
+        args = ["fit", "--config", str(config_path)]
+        if (directory / "checkpoints" / "last.ckpt").is_file():
+            args += ["--ckpt_path", "last"]  # an interrupted fit continues
+        if _run_cli(args, directory / "fit.log", in_process, timeout) != 0:
+            return "failed", time.monotonic() - start, f"fit failed, see {directory / 'fit.log'}"
+        fit_marker.write_text("ok\n", encoding="utf-8")
+    metrics_path = directory / TEST_METRICS_FILE
+    metrics_path.unlink(missing_ok=True)
+    args = ["test", "--config", str(config_path), "--ckpt_path", "best"]
+    if _run_cli(args, directory / "test.log", in_process, timeout) != 0 or not metrics_path.is_file():
+        return "failed", time.monotonic() - start, f"test failed, see {directory / 'test.log'}"
+    seconds = time.monotonic() - start
+    tested = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if not tested["metrics"]:
+        return "failed", seconds, f"the test run logged no test metrics (empty test split?), see {directory}"
+    payload = {
+        "cell": cell.name,
+        "kind": cell.kind,
+        "seed": seed,
+        "info": cell.info,
+        "metrics": tested["metrics"],
+        "best_checkpoint": tested.get("ckpt_path"),
+        "seconds": round(seconds, 1),
+        "config": full,
+    }
+    write_json(result_path, payload)
+    return "done", seconds, ""
+
+
+def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None) -> dict[str, int]:
+    """Run every cell of every seed with a progress line per cell; returns counts per status."""
+    stream = stream or sys.stdout
+    cells = plan_cells(config)
+    jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
+    counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+    durations: dict[str, list[float]] = {"teacher": [], "student": []}
+    started = time.monotonic()
+    width = len(str(len(jobs)))
+    for index, (seed, cell) in enumerate(jobs, 1):
+        status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
+        counts[status] += 1
+        if status == "done":
+            durations[cell.kind].append(seconds)
+        remaining = [c for s, c in jobs[index:] if not (cell_dir(config, s, c.name) / RESULT_FILE).is_file()]
+        eta = estimate_eta(remaining, durations)
+        elapsed = time.monotonic() - started
+        line = (
+            f"[{index:{width}d}/{len(jobs)}] seed {seed} {cell.name:<36} {status:<7} "
+            f"{seconds:7.1f}s | elapsed {format_seconds(elapsed)} | ETA {eta}"
+        )
+        if message:
+            line += f" | {message}"
+        print(line, file=stream, flush=True)
+    return counts
+
+
+def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]]) -> str:
+    if not remaining:
+        return "0s"
+    known = [d for values in durations.values() for d in values]
+    if not known:
+        return "?"
+    total = 0.0
+    for cell in remaining:
+        values = durations[cell.kind] or known
+        total += statistics.median(values)
+    return format_seconds(total)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+
+
+def cell_accuracy(result: dict[str, Any], domain: str) -> float | None:
+    """Test accuracy of a cell on one domain (a teacher's per-domain metric, else ``test/acc``)."""
+    metrics = result["metrics"]
+    if f"test/acc_{domain}" in metrics:
+        return metrics[f"test/acc_{domain}"]
+    if result["kind"] == "student" or result["info"].get("domain") == domain:
+        return metrics.get("test/acc")
+    return None
+
+
+def summarise(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+
+
+def read_result(config: dict[str, Any], seed: int, cell: str) -> dict[str, Any] | None:
+    path = cell_dir(config, seed, cell) / RESULT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def collect(config: dict[str, Any]) -> dict[str, Any]:
+    """Gather the cells' results into the benchmark's JSON (main table and studies)."""
+    domains = list(config["domains"])
+    seeds = list(config["seeds"])
+    cells = plan_cells(config)
+    out: dict[str, Any] = {
+        "name": config["name"],
+        "corpus": config["corpus"],
+        "domains": domains,
+        "seeds": seeds,
+    }
+    if "main" in config["studies"]:
+        table: dict[str, Any] = {}
+        for key, label in MAIN_ROWS:
+            row: dict[str, Any] = {"label": label}
+            per_seed_avg: list[float] = []
+            per_domain: dict[str, list[float]] = {d: [] for d in domains}
+            for seed in seeds:
+                accs = []
+                for domain in domains:
+                    name = main_cell_name(key, domain)
+                    result = read_result(config, seed, name)
+                    value = cell_accuracy(result, domain) if result else None
+                    if value is not None:
+                        per_domain[domain].append(value)
+                    accs.append(value)
+                if all(v is not None for v in accs):
+                    per_seed_avg.append(statistics.fmean(accs))
+            for domain in domains:
+                row[domain] = summarise(per_domain[domain])
+            row["average"] = summarise(per_seed_avg)
+            table[key] = row
+        out["main"] = table
+    if "scarcity" in config["studies"]:
+        scarcity = config.get("scarcity") or {}
+        domain = scarcity.get("domain", domains[0])
+        points: dict[str, Any] = {}
+        for method in scarcity.get("methods", ["tinybert", "meta"]):
+            for fraction in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0]):
+                name = student_cell_name(method, domain, float(fraction))
+                values = [cell_accuracy(r, domain) for s in seeds if (r := read_result(config, s, name))]
+                points.setdefault(method, {})[str(float(fraction))] = {"cell": name, **summarise(values)}
+        out["scarcity"] = {"domain": domain, "points": points}
+    if "zero_shot" in config["studies"]:
+        zero_config = config.get("zero_shot") or {}
+        domain = zero_config.get("domain", domains[0])
+        zero: dict[str, Any] = {}
+        for key, name in (("unseen", f"student/meta_zeroshot/{domain}"), ("seen", f"student/meta/{domain}")):
+            results = [r for s in seeds if (r := read_result(config, s, name))]
+            stand_in = next(iter(c.info.get("teacher_domain") for c in cells if c.name == name), None)
+            zero[key] = {
+                "cell": name,
+                "domain": domain,
+                "teacher_domain": stand_in,
+                **summarise([cell_accuracy(r, domain) for r in results]),
+            }
+        out["zero_shot"] = zero
+    seconds = [r["seconds"] for s in seeds for c in cells if (r := read_result(config, s, c.name))]
+    out["train_and_test_seconds"] = round(sum(seconds), 1)
+    out["cells"] = {
+        f"{s}/{c.name}": (cell_dir(config, s, c.name) / RESULT_FILE).is_file() for s in seeds for c in cells
+    }
+    return out
+
+
+def main_cell_name(row: str, domain: str) -> str:
+    return {
+        "teacher_single": f"teacher/single/{domain}",
+        "teacher_mixed": "teacher/mixed",
+        "teacher_meta": "teacher/meta",
+    }.get(row, f"student/{row.removeprefix('student_')}/{domain}")
+
+
+def budget_line(config: dict[str, Any]) -> str:
+    """The step budget, read from the base configs (what the table header states)."""
+
+    def part(kind: str) -> str:
+        section = config[kind]
+        trainer, data = section.get("trainer", {}), section.get("data", {}).get("init_args", {})
+        model = section.get("model", {}).get("init_args", {})
+        text = (
+            f"{trainer.get('max_epochs', '?')} epochs x {trainer.get('limit_train_batches', 'all')} "
+            "batches of "
+            f"{data.get('batch_size', '?')}, max_length {data.get('max_length', '?')}"
+        )
+        if kind == "teacher":
+            text = f"{model.get('backbone', 'minilm-l6')}; {text}"
+        else:
+            fresh = model.get("student_config")
+            if fresh:
+                size = f"fresh BERT {fresh.get('num_hidden_layers', '?')}L/H{fresh.get('hidden_size', '?')}"
+            else:
+                backbone = model.get("student_backbone", "minilm-l6")
+                size = f"{backbone} layers {model.get('student_layers', 'all')}"
+            text = f"{size}; {text}; stage 1 (tinybert/meta) {model.get('intermediate_epochs', '?')} epoch(s)"
+        return text
+
+    return f"teachers: {part('teacher')}. students: {part('student')}"
+
+
+def fmt(stat: dict[str, Any]) -> str:
+    if stat.get("mean") is None:
+        return "—"
+    text = f"{100 * stat['mean']:.1f}"
+    if stat["n"] > 1:
+        text += f" ± {100 * stat['std']:.1f}"
+    return text
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in (
+        "torch",
+        "pytorch-lightning",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "onnxruntime",
+        "metakd",
+    ):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["cpu_count"] = str(os.cpu_count())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            versions["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return versions
+
+
+def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
+    domains = summary["domains"]
+    seeds = summary["seeds"]
+    lines = [f"# Benchmark: {summary['name']}", ""]
+    lines.append(
+        f"Test accuracy (%), model selected on the dev set (best `val/acc`); seeds {seeds}"
+        + (" (mean ± std)" if len(seeds) > 1 else "")
+        + "."
+    )
+    lines += ["", f"**Budget** — {budget_line(config)}.", ""]
+    if config.get("is_quick"):
+        lines += ["*Quick mode: a smoke test of the pipeline, not a result.*", ""]
+    if "main" in summary:
+        lines.append("| method | " + " | ".join(domains) + " | average |")
+        lines.append("| --- |" + " ---: |" * (len(domains) + 1))
+        for row in summary["main"].values():
+            cells = [fmt(row[d]) for d in domains] + [fmt(row["average"])]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "scarcity" in summary:
+        scarcity = summary["scarcity"]
+        fractions = sorted({float(f) for points in scarcity["points"].values() for f in points})
+        lines += [f"## Data scarcity ({scarcity['domain']})", ""]
+        lines.append("| student | " + " | ".join(f"{round(100 * f)}%" for f in fractions) + " |")
+        lines.append("| --- |" + " ---: |" * len(fractions))
+        for method, points in scarcity["points"].items():
+            values = [fmt(points.get(str(f), {})) for f in fractions]
+            lines.append(f"| {method} | " + " | ".join(values) + " |")
+        if scarcity.get("plot"):
+            lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
+        lines.append("")
+    if "zero_shot" in summary and summary["zero_shot"]:
+        zero = summary["zero_shot"]
+        lines += ["## Zero-shot", "", "| Meta-KD student | domain | test accuracy |", "| --- | --- | ---: |"]
+        if "unseen" in zero:
+            lines.append(
+                f"| teacher never saw the domain (stand-in `{zero['unseen']['teacher_domain']}`) | "
+                f"{zero['unseen']['domain']} | {fmt(zero['unseen'])} |"
+            )
+        if "seen" in zero:
+            lines.append(f"| teacher saw the domain | {zero['seen']['domain']} | {fmt(zero['seen'])} |")
+        lines.append("")
+    lines += [
+        f"Compute: {format_seconds(summary['train_and_test_seconds'])} of fit + test over all cells.",
+        "",
+        "## Environment",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in summary["versions"].items()]
+    lines += [
+        "",
+        f"The exact config of every cell is in `{summary['json']}` (`cell_configs`) and in "
+        f"`{Path(config['runs_dir']) / config['name']}/<seed>/<cell>/cell.yaml`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_scarcity(summary: dict[str, Any], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    points = summary["scarcity"]["points"]
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for method, values in points.items():
+        xs = sorted(float(f) for f, v in values.items() if v.get("mean") is not None)
+        ys = [100 * values[str(x)]["mean"] for x in xs]
+        errs = [100 * values[str(x)]["std"] for x in xs]
+        axis.errorbar([100 * x for x in xs], ys, yerr=errs, marker="o", capsize=3, label=method)
+    axis.set_xlabel(f"% of {summary['scarcity']['domain']} training data")
+    axis.set_ylabel("test accuracy (%)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return str(path)
+
+
+def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
+    results_dir = Path(config["results_dir"])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results_dir / f"{config['name']}.json", results_dir / f"{config['name']}.md"
+    summary = collect(config)
+    summary["budget"] = budget_line(config)
+    summary["quick"] = bool(config.get("is_quick"))
+    summary["versions"] = package_versions()
+    summary["json"] = str(json_path)
+    if "scarcity" in summary:
+        summary["scarcity"]["plot"] = plot_scarcity(summary, results_dir / f"{config['name']}_scarcity.png")
+    summary["pipeline_config"] = {k: v for k, v in config.items() if k not in ("teacher", "student")}
+    summary["cell_configs"] = {
+        f"{seed}/{cell.name}": cell_config(config, seed, cell)
+        for seed in config["seeds"]
+        for cell in plan_cells(config)
+    }
+    write_json(json_path, summary)
+    md_path.write_text(render_markdown(config, summary), encoding="utf-8")
+    return json_path, md_path
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m metakd pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="pipeline config, e.g. configs/amazon/benchmark.yaml")
+    parser.add_argument("--quick", action="store_true", help="merge the config's `quick:` budget (minutes)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's `seeds`)")
+    parser.add_argument("--domains", nargs="+", help="only these target domains (columns); cells are shared")
+    parser.add_argument(
+        "--studies", nargs="+", choices=["main", "scarcity", "zero_shot"], help="override `studies`"
+    )
+    parser.add_argument(
+        "--runs-dir", help="override `runs_dir` (cells live in <runs_dir>/<name>/<seed>/<cell>)"
+    )
+    parser.add_argument("--results-dir", help="override `results_dir` (<name>.json / <name>.md)")
+    parser.add_argument("--plan", action="store_true", help="list the cells and exit")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON/Markdown")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the CLI in this process instead of subprocesses (tests)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_pipeline_config(args.config, quick=args.quick)
+    if args.seeds:
+        config["seeds"] = args.seeds
+    if args.studies:
+        config["studies"] = args.studies
+    if args.domains:
+        config["domains"] = args.domains
+    if args.runs_dir:
+        config["runs_dir"] = args.runs_dir
+    if args.results_dir:
+        config["results_dir"] = args.results_dir
+    if args.plan:
+        for cell in plan_cells(config):
+            print(f"{cell.kind:<8} {cell.name:<36} needs {cell.needs or '-'}")
+        return 0
+    counts = {"failed": 0, "blocked": 0}
+    if not args.report_only:
+        print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
+        print(f"budget: {budget_line(config)}", flush=True)
+        counts = run_all(config, in_process=args.in_process)
+        print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+    json_path, md_path = write_results(config)
+    print(f"wrote {json_path} and {md_path}", flush=True)
+    return 1 if counts["failed"] or counts["blocked"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
