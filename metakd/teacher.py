@@ -719,7 +719,7 @@ class MetaTeacher(pl.LightningModule):
 
     def _log_domain_accuracy(self, split: str) -> None:
         metric = self.val_domain_acc if split == "val" else self.test_domain_acc
-        values = metric.compute()
+        values = metric.compute().reshape(-1)  # torchmetrics squeezes a one-domain result to 0-d
         metric.reset()
         for name, value in zip(self.domain_names, values):
             if torch.isfinite(value):

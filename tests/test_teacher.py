@@ -246,3 +246,26 @@ def test_trains_on_a_real_jsonl_datamodule(tmp_path) -> None:
     trainer.fit(model, dm)
     assert model.transferability.shape == (dm.num_pooled_train,)
     assert trainer.global_step == 2
+
+
+def test_one_domain_teacher_logs_its_domain_accuracy(tmp_path) -> None:
+    """A corpus cut to one domain (domains: [dvd]) trains, validates and tests; acc_dvd is logged."""
+    from datamodules import JsonlDataModule
+
+    rows = [
+        {"text": f"{word} item {i} in {domain}", "label": label, "domain": domain}
+        for i in range(12)
+        for domain in ("books", "dvd")
+        for word, label in (("great", "pos"), ("awful", "neg"))
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = JsonlDataModule(
+        train_file=str(path), domains=["dvd"], max_length=16, batch_size=8, cache_dir=str(tmp_path / "d")
+    )
+    model = make_teacher(dm, weighting="prototype")
+    trainer = tiny_trainer(max_epochs=1, max_steps=-1)
+    trainer.fit(model, dm)
+    assert "val/acc_dvd" in trainer.callback_metrics
+    results = trainer.test(model, dm, verbose=False)
+    assert results[0]["test/acc_dvd"] == pytest.approx(results[0]["test/acc"])
