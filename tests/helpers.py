@@ -188,3 +188,41 @@ def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = No
     trainer.fit(MetaTeacher(**kwargs), datamodule=datamodule)
     trainer.save_checkpoint(path)
     return path
+
+
+# --- command-line helpers (shared by the CLI, logging, fault, reliability and pipeline tests) ------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_metakd(
+    *args: str,
+    cwd: Any = None,
+    check: bool = True,
+    timeout: int = 300,
+    wandb_mode: str = "disabled",
+    extra_env: dict[str, str] | None = None,
+):
+    """Run ``python -m metakd ARGS`` offline in a subprocess; with ``check`` a non-zero exit fails the
+    test with the end of its output. Returns the ``CompletedProcess`` (text output captured)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WANDB_MODE=wandb_mode, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra_env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "metakd", *map(str, args)],
+        cwd=str(cwd or REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"metakd {' '.join(map(str, args))} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result

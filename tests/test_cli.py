@@ -5,14 +5,11 @@ best`, one teacher checkpoint serving a student per domain, `export`, and a pred
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_encoder_config, tiny_student_config
+from helpers import run_metakd, tiny_encoder_config, tiny_student_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
@@ -25,23 +22,6 @@ TRAINER = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
 }
-
-
-def metakd(*args: str, cwd: Path, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "metakd", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if expect_ok and result.returncode != 0:
-        raise AssertionError(
-            f"metakd {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +82,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_print_config_resolves_the_shipped_configs() -> None:
     for config in sorted((REPO / "configs").glob("*/meta_*.yaml")):
-        result = metakd("fit", "--config", str(config), "--print_config", cwd=REPO)
+        result = run_metakd("fit", "--config", str(config), "--print_config", cwd=REPO)
         printed = yaml.safe_load(result.stdout)
         assert printed["model"]["class_path"] in ("metakd.MetaTeacher", "metakd.Student"), config
         assert printed["data"]["init_args"]["backbone"] == "minilm-l6", config
@@ -110,7 +90,7 @@ def test_print_config_resolves_the_shipped_configs() -> None:
 
 def test_teacher_student_export_round_trip(workdir: Path) -> None:
     # Teacher: fit writes checkpoints, the resolved config and the stable best.ckpt.
-    metakd("fit", "--config", str(workdir / "teacher.yaml"), cwd=workdir)
+    run_metakd("fit", "--config", str(workdir / "teacher.yaml"), cwd=workdir)
     checkpoints = workdir / "teacher" / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file() and (checkpoints / "best.ckpt").is_file()
     saved = list((workdir / "teacher").rglob("config.yaml"))
@@ -118,13 +98,13 @@ def test_teacher_student_export_round_trip(workdir: Path) -> None:
     assert yaml.safe_load(saved[0].read_text())["model"]["class_path"] == "metakd.MetaTeacher"
 
     # A separate `test` process finds "best" and reports per-domain accuracy.
-    result = metakd("test", "--config", str(workdir / "teacher.yaml"), "--ckpt_path", "best", cwd=workdir)
+    result = run_metakd("test", "--config", str(workdir / "teacher.yaml"), "--ckpt_path", "best", cwd=workdir)
     assert "test/acc_books" in result.stdout and "test/acc_dvd" in result.stdout
 
     # The same teacher checkpoint serves a student per domain; the domain comes from the data.
-    metakd("fit", "--config", str(workdir / "student.yaml"), cwd=workdir)
+    run_metakd("fit", "--config", str(workdir / "student.yaml"), cwd=workdir)
     for domain in ("dvd",):
-        metakd(
+        run_metakd(
             "fit",
             "--config",
             str(workdir / "student.yaml"),
@@ -140,12 +120,12 @@ def test_teacher_student_export_round_trip(workdir: Path) -> None:
         )
         assert (workdir / f"student_{domain}" / "checkpoints" / "best.ckpt").is_file()
     student_ckpt = workdir / "student" / "checkpoints" / "best.ckpt"
-    result = metakd("test", "--config", str(workdir / "student.yaml"), "--ckpt_path", "best", cwd=workdir)
+    result = run_metakd("test", "--config", str(workdir / "student.yaml"), "--ckpt_path", "best", cwd=workdir)
     assert "test/acc" in result.stdout
 
     # Export: a plain HF directory that transformers.pipeline loads, with the data's label names.
     out = workdir / "export"
-    metakd("export", "--ckpt", str(student_ckpt), "--out", str(out), cwd=workdir)
+    run_metakd("export", "--ckpt", str(student_ckpt), "--out", str(out), cwd=workdir)
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=str(out))
@@ -154,14 +134,14 @@ def test_teacher_student_export_round_trip(workdir: Path) -> None:
 
 
 def test_model_and_data_target_domain_must_agree(workdir: Path) -> None:
-    result = metakd(
+    result = run_metakd(
         "fit",
         "--config",
         str(workdir / "student.yaml"),
         "--model.init_args.target_domain",
         "dvd",
         cwd=workdir,
-        expect_ok=False,
+        check=False,
     )
     assert result.returncode != 0
     assert "model.init_args.target_domain is 'dvd' but data.init_args.target_domain is 'books'" in (
@@ -173,8 +153,8 @@ def test_best_without_a_fit_names_the_missing_checkpoint(tmp_path: Path, workdir
     config = yaml.safe_load((workdir / "teacher.yaml").read_text())
     config["trainer"]["default_root_dir"] = str(tmp_path / "never_fitted")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    result = metakd(
-        "test", "--config", str(tmp_path / "t.yaml"), "--ckpt_path", "best", cwd=tmp_path, expect_ok=False
+    result = run_metakd(
+        "test", "--config", str(tmp_path / "t.yaml"), "--ckpt_path", "best", cwd=tmp_path, check=False
     )
     assert result.returncode != 0
     assert "last.ckpt from an earlier `fit`" in result.stderr

@@ -10,14 +10,11 @@ and stderr of the real ``python -m metakd`` for both kinds.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_encoder_config
+from helpers import run_metakd, tiny_encoder_config
 
 from metakd.cli import main
 
@@ -180,17 +177,8 @@ def test_truncated_teacher_ckpt_for_student(workdir: Path) -> None:
     assert f"TeacherCheckpointError: cannot load the teacher checkpoint '{path}' as a MetaTeacher" in message
 
 
-def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "metakd", "fit", "--config", str(workdir / "tiny.yaml"), *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_cli(workdir: Path, *args: str):
+    return run_metakd("fit", "--config", workdir / "tiny.yaml", *args, cwd=workdir, check=False, timeout=120)
 
 
 def test_real_cli_exit_status_and_stderr(workdir: Path) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_encoder_config
+from helpers import run_metakd, tiny_encoder_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,19 +72,6 @@ def write_tiny_setup(directory: Path) -> Path:
     return path
 
 
-def run_metakd(args: list[str], wandb_mode: str = "disabled", timeout: int = 120) -> None:
-    env = dict(os.environ, WANDB_MODE=wandb_mode, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "metakd", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-
 def wandb_offline_config(run_file: Path) -> dict:
     """The config updates recorded in an offline W&B run file (``run-<id>.wandb``).
 
@@ -137,7 +121,7 @@ def test_default_logger_writes_val_acc_csv(tmp_path):
         pass
     config = write_tiny_setup(tmp_path / "setup")
     root = tmp_path / "run"
-    run_metakd(["fit", "--config", str(config), f"--trainer.default_root_dir={root}"])
+    run_metakd("fit", "--config", config, f"--trainer.default_root_dir={root}")
     metrics = list(root.glob("lightning_logs/version_*/metrics.csv"))
     assert len(metrics) == 1, list(root.rglob("*"))
     with open(metrics[0], newline="") as handle:
@@ -157,15 +141,13 @@ def test_wandb_offline_run_has_config_and_cli_config(tmp_path):
     config = write_tiny_setup(tmp_path / "setup")
     root = tmp_path / "run"
     run_metakd(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--config",
-            str(REPO / "configs" / "loggers" / "wandb.yaml"),
-            f"--trainer.default_root_dir={root}",
-            "--model.init_args.learning_rate=3e-05",
-        ],
+        "fit",
+        "--config",
+        config,
+        "--config",
+        REPO / "configs" / "loggers" / "wandb.yaml",
+        f"--trainer.default_root_dir={root}",
+        "--model.init_args.learning_rate=3e-05",
         wandb_mode="offline",
     )
     # LightningCLI's config.yaml: in trainer.log_dir (= the W&B logger's save_dir = default_root_dir)

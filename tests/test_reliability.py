@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import tiny_encoder_config
+from helpers import run_metakd, tiny_encoder_config
 
 from metakd.checkpointing import AtomicCheckpointIO, CheckpointFileError, load_checkpoint_file
 
@@ -25,16 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 _WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 
 
+# Results depend on the number of intra-op threads (how reductions are split): every run of a
+# comparison uses the same single thread.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _env() -> dict[str, str]:
-    return dict(
-        os.environ,
-        WANDB_MODE="disabled",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
+    return dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **ONE_THREAD)
 
 
 def write_corpus(directory: Path, per_domain: int = 60) -> Path:
@@ -96,17 +93,8 @@ def write_config(run_dir: Path, corpus: Path, cache: Path, max_epochs: int = 3, 
     return path
 
 
-def run_fit(config: Path, *extra: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "metakd", "fit", "--config", str(config), *extra],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+def run_fit(config: Path, *extra: str, timeout: int = 180):
+    return run_metakd("fit", "--config", config, *extra, timeout=timeout, extra_env=ONE_THREAD)
 
 
 def fit_and_kill(config: Path, ready, attempts: int = 3) -> dict:
@@ -293,13 +281,8 @@ def test_bad_ckpt_path_in_cli_names_the_file(tmp_path, corpus, reference, kind):
     torch.save(reference, real)
     bad = _bad_checkpoints(tmp_path, real)[kind]
     config = write_config(tmp_path / "run", corpus, tmp_path / "cache", max_epochs=1)
-    result = subprocess.run(
-        [sys.executable, "-m", "metakd", "test", "--config", str(config), "--ckpt_path", str(bad)],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    result = run_metakd(
+        "test", "--config", config, "--ckpt_path", bad, check=False, timeout=180, extra_env=ONE_THREAD
     )
     assert result.returncode != 0
     assert "CheckpointFileError" in result.stderr and str(bad) in result.stderr, result.stderr[-3000:]
