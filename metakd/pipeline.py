@@ -325,13 +325,18 @@ def run_cell(
     """Fit and test one cell; returns (status, seconds, message), status done|skipped|failed|blocked."""
     directory = cell_dir(config, seed, cell.name)
     result_path = directory / RESULT_FILE
+    full = cell_config(config, seed, cell)
     if result_path.is_file():
-        return "skipped", 0.0, ""
+        stored = json.loads(result_path.read_text(encoding="utf-8")).get("config")
+        if stored == json.loads(json.dumps(full)):
+            return "skipped", 0.0, ""
+        # A finished cell is reused only for the very config it was run with: a changed budget or
+        # hyperparameter must not be reported with an older run's numbers.
+        return "failed", 0.0, f"{result_path} comes from another config than this cell's; remove {directory}"
     for need in cell.needs:
         if not (cell_dir(config, seed, need) / RESULT_FILE).is_file():
             return "blocked", 0.0, f"needs {need}"
     directory.mkdir(parents=True, exist_ok=True)
-    full = cell_config(config, seed, cell)
     config_path = directory / "cell.yaml"
     config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
     timeout = config.get("cell_timeout_s")

@@ -171,6 +171,13 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == len(summary["cells"]) and all(" skipped " in line for line in lines)
 
+    # A finished cell is reused only for the config it ran with, never reported under a changed one.
+    changed = pipeline.load_pipeline_config(config_path, quick=True)
+    changed["student"]["trainer"]["max_epochs"] = 7
+    cell = next(c for c in pipeline.plan_cells(changed) if c.kind == "student")
+    status, _, message = pipeline.run_cell(changed, 1, cell, in_process=True)
+    assert status == "failed" and "another config" in message
+
 
 def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
