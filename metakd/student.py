@@ -26,7 +26,7 @@ optimiser or DDP wrapper.
 Model selection: ``val/acc`` is the accuracy on the target domain's dev examples (rows of other
 domains are ignored, whether or not the datamodule filtered them), ``test/acc`` likewise. The
 classifier is not trained in stage 1, so during stage-1 epochs ``val/acc`` is logged as 0 (the real
-value as ``val/acc_stage1``): ``ModelCheckpoint(monitor="val/acc")`` then selects among stage-2
+value as ``val/stage1_acc``): ``ModelCheckpoint(monitor="val/acc")`` then selects among stage-2
 epochs only. A stage-1-only run has nothing to select: start stage 2 from its ``last.ckpt``.
 
 DDP: stage 1 leaves the classifier unused and stage 2 the projections, so a ``both`` or
@@ -868,12 +868,21 @@ class Student(pl.LightningModule):
         accuracy = self._compute(self.val_acc, "dev")
         if self.current_stage() == "intermediate" and not self.trainer.sanity_checking:
             # The classifier is not trained in stage 1: keep its epochs out of model selection.
-            self.log("val/acc_stage1", accuracy)
-            accuracy = torch.zeros(())
+            self.log("val/stage1_acc", accuracy)
+            self.log("val/acc", torch.zeros(()), prog_bar=True)
+            return
         self.log("val/acc", accuracy, prog_bar=True)
+        self._log_target_domain_metric("val", accuracy)
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self._compute(self.test_acc, "test"))
+        accuracy = self._compute(self.test_acc, "test")
+        self.log("test/acc", accuracy)
+        self._log_target_domain_metric("test", accuracy)
+
+    def _log_target_domain_metric(self, split: str, accuracy: Tensor) -> None:
+        # The teacher's per-domain name (`<split>/acc_<domain>`) for the one domain a student serves.
+        if self.hparams.target_domain is not None:
+            self.log(f"{split}/acc_{self.hparams.target_domain}", accuracy)
 
     def _compute(self, metric: MulticlassAccuracy, split: str) -> Tensor:
         if not metric.update_called:

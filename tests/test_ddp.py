@@ -318,7 +318,7 @@ def test_student_ddp_equals_single_process_and_teacher_is_not_wrapped(ddp_result
     update = (single["params"] - single["initial"]).abs().max()
     assert update > 50 * PARAM_ATOL
     assert (ranks[0]["params"] - single["params"]).abs().max() < PARAM_ATOL
-    assert_same_metrics(ranks, single["metrics"], ["val/acc", "val/acc_stage1", "val/loss"])
+    assert_same_metrics(ranks, single["metrics"], ["val/acc", "val/stage1_acc", "val/loss"])
 
 
 if __name__ == "__main__":
