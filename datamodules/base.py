@@ -529,6 +529,10 @@ class MultiDomainDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self._collator,
             persistent_workers=self.num_workers > 0,
+            # Each iterator draws its worker base seed from this generator, not from torch's global one,
+            # so creating a loader does not move the global RNG (dropout, domain-corruption draws): an
+            # epoch-end resume restores that RNG and continues with the same numbers.
+            generator=torch.Generator().manual_seed(int(self.seed)),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 # What each metakd module writes into its checkpoints (a key checked before a checkpoint is used).
@@ -160,3 +160,37 @@ def load_checkpoint_file(path: Any, expected: str = "Lightning", map_location: A
             f"(keys: {sorted(map(str, checkpoint))[:8]})"
         )
     return checkpoint
+
+
+class RNGStateCallback(Callback):
+    """Carries torch's global random generator states in every checkpoint and restores them when a
+    resumed run starts its next training epoch.
+
+    Lightning does not checkpoint RNG states, so dropout masks and the domain-corruption permutations of
+    a resumed run would differ from the uninterrupted run's. The state is captured when a checkpoint is
+    written (an epoch-end checkpoint is written after the epoch's last random draw) and set again in
+    ``on_train_epoch_start``: after the sanity check and the restore, before the epoch's first draw
+    (the train loader's iterator seed). Only torch's CPU and CUDA generators are kept (tensors, so the
+    checkpoint still loads with ``weights_only=True``); metakd draws nothing from Python's or numpy's.
+    A mid-epoch checkpoint cannot be resumed exactly this way (the loader restarts the epoch).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._pending is None:
+            return
+        torch.set_rng_state(self._pending["torch"])
+        if "cuda" in self._pending and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._pending["cuda"])
+        self._pending = None

@@ -114,7 +114,10 @@ class MetaKDCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, callbacks)
+        from metakd.checkpointing import RNGStateCallback
+
+        # Random generator states travel with the checkpoints, so a resumed run draws the same numbers.
+        return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
 
 
 def copy_optional_links(config: Any) -> None:

@@ -56,10 +56,14 @@ def write_config(run_dir: Path, corpus: Path, cache: Path, max_epochs: int = 3, 
             "class_path": "metakd.MetaTeacher",
             "init_args": {
                 "backbone": "minilm-l6",
-                "encoder_config": tiny_encoder_config(),
+                # dropout and the default domain-corruption loss draw random numbers every step:
+                # resuming exactly needs the RNG states restored (RNGStateCallback)
+                "encoder_config": tiny_encoder_config(
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
+                ),
                 "transferability_cache": False,
-                "dropout": 0.0,
-                "domain_loss": "reversal",
+                "dropout": 0.1,
+                "domain_loss": "corruption",
                 "learning_rate": 1e-3,
             },
         },
@@ -79,7 +83,6 @@ def write_config(run_dir: Path, corpus: Path, cache: Path, max_epochs: int = 3, 
             "devices": 1,
             "max_epochs": max_epochs,
             "limit_val_batches": 1,
-            "num_sanity_val_steps": 0,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": False,
@@ -182,7 +185,8 @@ def test_resume_after_sigkill_at_epoch_end_is_exact(tmp_path, corpus, reference)
         assert torch.allclose(state[key]["exp_avg_sq"], ref_state[key]["exp_avg_sq"], atol=1e-9, rtol=1e-5)
     ref_cb = next(v for k, v in reference["callbacks"].items() if k.startswith("ModelCheckpoint"))
     cb = next(v for k, v in resumed["callbacks"].items() if k.startswith("ModelCheckpoint"))
-    assert float(cb["current_score"]) == pytest.approx(float(ref_cb["current_score"]), abs=1e-6)
+    # (current_score is only set when a run improves on its best, so compare the best score itself)
+    assert float(cb["best_model_score"]) == pytest.approx(float(ref_cb["best_model_score"]), abs=1e-6)
     assert torch.equal(resumed["state_dict"]["transferability"], reference["state_dict"]["transferability"])
 
 
