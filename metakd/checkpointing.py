@@ -163,15 +163,15 @@ def load_checkpoint_file(path: Any, expected: str = "Lightning", map_location: A
 
 
 class RNGStateCallback(Callback):
-    """Carries torch's global random generator states in every checkpoint and restores them when a
-    resumed run starts its next training epoch.
+    """Carries torch's global random generator states in every checkpoint and restores them before a
+    resumed run's first training batch.
 
     Lightning does not checkpoint RNG states, so dropout masks and the domain-corruption permutations of
     a resumed run would differ from the uninterrupted run's. The state is captured when a checkpoint is
     written (an epoch-end checkpoint is written after the epoch's last random draw) and set again in
-    ``on_train_epoch_start``: after the sanity check and the restore, before the epoch's first draw
-    (the train loader's iterator seed). Only torch's CPU and CUDA generators are kept (tensors, so the
-    checkpoint still loads with ``weights_only=True``); metakd draws nothing from Python's or numpy's.
+    ``on_train_batch_start`` of the first batch after the restore, before that batch's first draw.
+    Only torch's CPU and CUDA generators are kept (tensors, so the checkpoint still loads with
+    ``weights_only=True``); metakd draws nothing from Python's or numpy's.
     A mid-epoch checkpoint cannot be resumed exactly this way (the loader restarts the epoch).
     """
 
@@ -187,7 +187,11 @@ class RNGStateCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        # The first batch after a resume: nothing drew from the global generators since the save point
+        # (an epoch-end checkpoint's sanity check and loader creation draw nothing), so this is where the
+        # uninterrupted run stood. A mid-epoch checkpoint gets its states back here too, though its
+        # loader restarts the epoch (see docs/FAULTS.md).
         if self._pending is None:
             return
         torch.set_rng_state(self._pending["torch"])
