@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,55 @@ def export_student(
     int8: bool = False,
     atol: float = 1e-4,
     tokenizer_name: str | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
-    """Write the student of ``ckpt`` to ``out`` (HF directory [+ model.onnx [+ model.int8.onnx]])."""
+    """Write the student of ``ckpt`` to ``out`` (HF directory [+ model.onnx [+ model.int8.onnx]]).
+
+    Everything is written and checked in a staging folder beside ``out`` first and moved into place
+    only when every check passed: a failed export leaves an existing ``out`` as it was. A non-empty
+    ``out`` is replaced only with ``overwrite``.
+    """
+    import shutil
+    import tempfile
+
+    final = Path(out)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
+        raise ExportError(
+            f"{final} exists and is not empty; pass --overwrite to replace it (nothing was written)"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        report = _write_export(ckpt, staging, onnx, int8, atol, tokenizer_name)
+        (staging / "export_report.json").write_text(
+            json.dumps(_relocated(report, staging, final).__dict__, indent=2), encoding="utf-8"
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    staging.rename(final)
+    return _relocated(report, staging, final)
+
+
+def _relocated(report: ExportReport, staging: Path, final: Path) -> ExportReport:
+    """The report with its paths under ``final`` instead of the staging folder."""
+    fields = dict(report.__dict__)
+    for key in ("out_dir", "onnx_path", "int8_path"):
+        if fields[key] is not None:
+            fields[key] = str(final / Path(fields[key]).relative_to(staging))
+    return ExportReport(**fields)
+
+
+def _write_export(
+    ckpt: str | Path,
+    out: Path,
+    onnx: bool,
+    int8: bool,
+    atol: float,
+    tokenizer_name: str | None,
+) -> ExportReport:
     from transformers import AutoModelForSequenceClassification
 
     from metakd.backbones import load_tokenizer
@@ -164,8 +212,6 @@ def export_student(
     checkpoint = read_student_checkpoint(ckpt)
     model = build_hf_model(checkpoint)
     tokenizer = load_tokenizer(tokenizer_name or checkpoint[CHECKPOINT_KEY]["tokenizer_name"])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -223,12 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--atol", type=float, default=1e-4, help="ONNX vs PyTorch logits tolerance (1e-4)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer to save (default: the student's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = export_student(args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer)
+        report = export_student(
+            args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer, overwrite=args.overwrite
+        )
     except ExportError as err:
-        print(f"export failed: {err}")
+        print(f"export failed: {err}", file=sys.stderr)
         return 1
     print(f"exported to {report.out_dir} (HF re-load max |diff| {report.hf_max_abs_diff:.2e})")
     if report.onnx_path:
@@ -238,5 +287,4 @@ def main(argv: list[str] | None = None) -> int:
             f"int8: {report.int8_path}, max |diff| {report.int8_max_abs_diff:.3g}, "
             f"argmax agreement {report.int8_argmax_agreement:.3f} on {len(PROBE_TEXTS)} probe texts"
         )
-    (Path(report.out_dir) / "export_report.json").write_text(json.dumps(report.__dict__, indent=2))
     return 0

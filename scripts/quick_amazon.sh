@@ -28,7 +28,7 @@ echo "== Meta-KD student for $DOMAIN -> $student_dir"
   --ckpt_path best
 
 echo "== export -> $student_dir/export"
-"$PY" -m metakd export --ckpt "$student_dir/checkpoints/best.ckpt" --out "$student_dir/export" --onnx
+"$PY" -m metakd export --ckpt "$student_dir/checkpoints/best.ckpt" --out "$student_dir/export" --onnx --overwrite
 "$PY" - "$student_dir/export" <<'PYEOF'
 import sys
 from transformers import pipeline

@@ -76,3 +76,19 @@ def test_export_rejects_what_it_cannot_export(tmp_path: Path, student_ckpt: tupl
     with pytest.raises(ExportError, match="add --onnx"):
         export_student(student_ckpt[0], tmp_path / "out", int8=True)
     assert main(["--ckpt", str(foreign), "--out", str(tmp_path / "out")]) == 1
+
+
+def test_export_never_loses_what_out_already_holds(tmp_path: Path, student_ckpt: tuple[str, Student]) -> None:
+    out = tmp_path / "served"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier export")
+    with pytest.raises(ExportError, match="not empty; pass --overwrite"):
+        export_student(student_ckpt[0], out)
+    # A failing check (ONNX tolerance below zero) with --overwrite leaves the old directory as it was.
+    with pytest.raises(ExportError, match="ONNX logits differ"):
+        export_student(student_ckpt[0], out, onnx=True, atol=-1.0, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    report = export_student(student_ckpt[0], out, overwrite=True)
+    assert report.out_dir == str(out) and (out / "config.json").is_file() and not (out / "keep.txt").exists()
+    assert json.loads((out / "export_report.json").read_text())["out_dir"] == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # no staging folder left behind
