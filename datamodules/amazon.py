@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import MultiDomainDataModule, Record, stratified_split
 from datamodules.errors import DataError
 from datamodules.readers import iter_records, label_index, require_field, require_text
-from metakd.backbones import DEFAULT_BACKBONE
 
 AMAZON_DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 AMAZON_LABELS = ["negative", "positive"]
@@ -38,45 +38,18 @@ class AmazonReviewsDataModule(MultiDomainDataModule):
 
     def __init__(
         self,
-        backbone: str = DEFAULT_BACKBONE,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        domains: list[str] | None = None,
-        target_domain: str | None = None,
-        train_fraction: float | None = None,
-        seed: int = 11111,
-        cache_dir: str | None = None,
         use_title: bool = True,
+        **kwargs: Any,
     ):
-        """
+        """The shared arguments (``backbone``, ``max_length``, ``batch_size``, ``domains``,
+        ``target_domain``, ``train_fraction``, ``seed``, ...) are :class:`MultiDomainDataModule`'s, passed
+        through ``**kwargs`` (LightningCLI and ``--print_config`` list them).
+
         Args:
-            backbone: tokenizer source (alias, hub id or local directory).
-            max_length: longest tokenised input (longer reviews are truncated).
-            batch_size: training batch size.
-            eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
-            num_workers: DataLoader worker processes.
-            domains: subset of books, dvd, electronics, kitchen (default all).
-            target_domain: load only this domain's examples (a student's setting).
-            train_fraction: fraction in (0, 1] of the (target domain's) training examples to keep.
-            seed: seed of the split (the protocol's 11111) and of the ``train_fraction`` subset.
-            cache_dir: tokenisation cache directory.
             use_title: input text = ``title + ". " + review`` (True) or the review text only (False).
         """
         self.use_title = use_title
-        super().__init__(
-            backbone=backbone,
-            max_length=max_length,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            domains=domains,
-            target_domain=target_domain,
-            train_fraction=train_fraction,
-            seed=seed,
-            cache_dir=cache_dir,
-        )
+        super().__init__(**kwargs)
 
     def _corpus_domains(self) -> list[str]:
         return list(AMAZON_DOMAINS)

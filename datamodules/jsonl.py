@@ -7,7 +7,6 @@ from typing import Any
 from datamodules.base import MultiDomainDataModule, Record, stratified_split
 from datamodules.errors import DataError
 from datamodules.readers import iter_records, label_index, require_field, require_text
-from metakd.backbones import DEFAULT_BACKBONE
 
 
 def _int_like(value: Any) -> int | None:
@@ -46,18 +45,12 @@ class JsonlDataModule(MultiDomainDataModule):
         label_field: str = "label",
         domain_field: str = "domain",
         label_names: list[str] | None = None,
-        backbone: str = DEFAULT_BACKBONE,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        domains: list[str] | None = None,
-        target_domain: str | None = None,
-        train_fraction: float | None = None,
-        seed: int = 11111,
-        cache_dir: str | None = None,
+        **kwargs: Any,
     ):
-        """
+        """The shared arguments (``backbone``, ``max_length``, ``batch_size``, ``domains``,
+        ``target_domain``, ``train_fraction``, ``seed``, ...) are :class:`MultiDomainDataModule`'s, passed
+        through ``**kwargs`` (LightningCLI and ``--print_config`` list them).
+
         Args:
             train_file: training records (JSONL or CSV, optionally .gz).
             val_file: dev records; default: 10% of the train file's (after the test part), stratified.
@@ -68,16 +61,6 @@ class JsonlDataModule(MultiDomainDataModule):
             domain_field: field with the domain name.
             label_names: the labels in index order. Default: inferred from the train file: the sorted
                 names, or ``"0".."max"`` when all labels are integers.
-            backbone: tokenizer source (alias, hub id or local directory).
-            max_length: longest tokenised input.
-            batch_size: training batch size.
-            eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
-            num_workers: DataLoader worker processes.
-            domains: the domains to use (default: every domain in the files, sorted).
-            target_domain: load only this domain's examples (a student's setting).
-            train_fraction: fraction in (0, 1] of the (target domain's) training examples to keep.
-            seed: seed of the carved splits and of the ``train_fraction`` subset.
-            cache_dir: tokenisation cache directory.
         """
         self.train_file = train_file
         self.val_file = val_file
@@ -88,18 +71,7 @@ class JsonlDataModule(MultiDomainDataModule):
         self.domain_field = domain_field
         self._given_label_names = list(label_names) if label_names is not None else None
         self._scan()
-        super().__init__(
-            backbone=backbone,
-            max_length=max_length,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            domains=domains,
-            target_domain=target_domain,
-            train_fraction=train_fraction,
-            seed=seed,
-            cache_dir=cache_dir,
-        )
+        super().__init__(**kwargs)
         # The hparams carry the label set actually used, so they agree with the model's linked
         # label_names when a logger merges both (Lightning refuses differing values of one key).
         self.hparams["label_names"] = list(self._label_names)
