@@ -62,11 +62,8 @@ def test_sweep_parameters_parse_with_cli(path, tmp_path):
     config = S.load_sweep_config(path)
     params = {name: _sample_value(spec) for name, spec in config["parameters"].items()}
     experiment = config["command"][config["command"].index("--config") + 1]
-    if (REPO / experiment).is_file():
-        base = ["--config", experiment]
-    else:  # the experiment config is not written yet: parse against the model class alone
-        base = [f"--model={SWEEP_MODELS[path.name]}", "--data=datamodules.JsonlDataModule"]
-        base.append("--data.train_file=unused.jsonl")
+    assert (REPO / experiment).is_file(), f"{path.name} names a missing config {experiment}"
+    base = ["--config", experiment]
     argv = S.build_command({"command": ["${interpreter}", "-m", "metakd", "fit", "${args}"]}, params, base)
     result = subprocess.run(
         [*argv, "--print_config"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
