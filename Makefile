@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OFFLINE := WANDB_MODE=$${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?= -q
 
-.PHONY: setup test run lint
+.PHONY: setup test run demo lint
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -16,5 +16,10 @@ test: setup
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
+# main job: quick Amazon pipeline, meta-teacher -> one Meta-KD student per domain -> per-domain report
 run: setup
+	$(OFFLINE) $(PY) -m metakd pipeline --config configs/amazon/main_job.yaml
+
+# one domain end to end: quick meta-teacher -> books student -> export (HF + ONNX) -> transformers.pipeline
+demo: setup
 	$(OFFLINE) bash scripts/quick_amazon.sh

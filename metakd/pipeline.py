@@ -23,6 +23,7 @@ where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -32,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ except ImportError:  # pragma: no cover
 RESULT_FILE = "result.json"
 TEST_METRICS_FILE = "test_metrics.json"
 
+METHODS = ("none", "vanilla", "tinybert", "meta")
 MAIN_ROWS = [
     ("teacher_single", "Teacher: single-domain"),
     ("teacher_mixed", "Teacher: mixed-domain"),
@@ -98,14 +102,24 @@ def deep_merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
+def _read_extended(path: Path) -> dict[str, Any]:
+    """The YAML of ``path`` merged onto the file its ``extends:`` names (recursively), unprocessed."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"cannot read the pipeline config {path}: {err}") from err
+    if not isinstance(config, dict):
+        raise PipelineError(f"{path}: a pipeline config is a mapping, got {type(config).__name__}")
+    if "extends" in config:
+        config = deep_merge(_read_extended(path.parent / config.pop("extends")), config)
+    return config
+
+
 def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any]:
     """Read a pipeline config; ``extends: <file>`` merges onto another one, ``quick`` (or ``--quick``)
     merges the ``quick:`` section and appends ``_quick`` to the name."""
     path = Path(path)
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if "extends" in config:
-        parent = load_pipeline_config(path.parent / config.pop("extends"))
-        config = deep_merge(parent, config)
+    config = _read_extended(path)
     if quick or config.pop("apply_quick", False):
         overrides = config.get("quick") or {}
         config = deep_merge(config, overrides)
@@ -121,10 +135,22 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("seeds", [42])
     config.setdefault("runs_dir", "runs/benchmark")
     config.setdefault("results_dir", "benchmarks/results")
+    config.setdefault("methods", list(METHODS))
+    config.setdefault("in_process", False)
+    check_choices(path, config)
+    return config
+
+
+def check_choices(path: str | Path, config: dict[str, Any]) -> None:
+    """``studies`` and ``methods`` name known ones (checked again after command-line overrides)."""
     unknown = set(config["studies"]) - {"main", "scarcity", "zero_shot"}
     if unknown:
-        raise PipelineError(f"unknown studies {sorted(unknown)}; choose from main, scarcity, zero_shot")
-    return config
+        raise PipelineError(
+            f"{path}: unknown studies {sorted(unknown)}; choose from main, scarcity, zero_shot"
+        )
+    methods = config["methods"]
+    if not isinstance(methods, list) or not methods or set(methods) - set(METHODS):
+        raise PipelineError(f"{path}: `methods` must be a non-empty list of {list(METHODS)}, got {methods!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,11 +226,15 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         )
 
     if "main" in studies:
-        for domain in domains:
-            single_teacher(domain)
-        mixed_teacher()
-        meta_teacher()
-        for method in ("none", "vanilla", "tinybert", "meta"):
+        methods = [m for m in METHODS if m in config.get("methods", METHODS)]
+        if "tinybert" in methods:  # the teachers of the chosen methods, each also a row of the table
+            for domain in domains:
+                single_teacher(domain)
+        if "vanilla" in methods:
+            mixed_teacher()
+        if "meta" in methods:
+            meta_teacher()
+        for method in methods:
             for domain in domains:
                 student_cell(method, domain)
     if "scarcity" in studies:
@@ -286,20 +316,44 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(partial, path)
 
 
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[Any]:
+    """Send this process's output to ``log_path`` for the duration of the block: ``sys.stdout``/``stderr``
+    and file descriptors 1 and 2 (loggers bound to the old streams, native code)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    yield log
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
 def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float | None) -> int:
-    """``python -m metakd <args>`` in a subprocess (output to ``log_path``), or in this process."""
+    """``python -m metakd <args>`` in a subprocess, or in this process (no interpreter start-up and
+    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way."""
     if in_process:
         from metakd.cli import main as cli_main
 
-        try:
-            return int(cli_main(args) or 0)
-        except SystemExit as exit_:
-            return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-        except Exception as err:  # noqa: BLE001 - a failed cell must not stop the pipeline
-            import traceback
-
-            log_path.write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}", encoding="utf-8")
-            return 1
+        with _output_to(log_path):
+            try:
+                return int(cli_main(args) or 0)
+            except SystemExit as exit_:
+                return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+            except Exception:  # noqa: BLE001 - a failed cell must not stop the pipeline
+                traceback.print_exc()
+                return 1
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -381,7 +435,15 @@ def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None
     durations: dict[str, list[float]] = {"teacher": [], "student": []}
     started = time.monotonic()
     width = len(str(len(jobs)))
+    live = hasattr(stream, "isatty") and stream.isatty()
     for index, (seed, cell) in enumerate(jobs, 1):
+        if live:  # the running cell on a terminal, overwritten by its result line
+            print(
+                f"[{index:{width}d}/{len(jobs)}] seed {seed} {cell.name:<36} running...",
+                end="\r",
+                file=stream,
+                flush=True,
+            )
         status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
         counts[status] += 1
         if status == "done":
@@ -463,7 +525,10 @@ def collect(config: dict[str, Any]) -> dict[str, Any]:
     }
     if "main" in config["studies"]:
         table: dict[str, Any] = {}
+        planned = {cell.name for cell in cells}
         for key, label in MAIN_ROWS:
+            if main_cell_name(key, domains[0]) not in planned:
+                continue  # a method left out by `methods`
             row: dict[str, Any] = {"label": label}
             per_seed_avg: list[float] = []
             per_domain: dict[str, list[float]] = {d: [] for d in domains}
@@ -712,9 +777,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="list the cells and exit")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON/Markdown")
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        help="override `methods`: the students of the main study (and the teachers they need)",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
-        help="run the CLI in this process instead of subprocesses (tests)",
+        help="run the cells' fit/test in this process instead of subprocesses (config key `in_process`)",
     )
     return parser
 
@@ -726,6 +797,11 @@ def main(argv: list[str] | None = None) -> int:
         config["seeds"] = args.seeds
     if args.studies:
         config["studies"] = args.studies
+    if args.methods:
+        config["methods"] = args.methods
+    if args.in_process:
+        config["in_process"] = True
+    check_choices(args.config, config)
     if args.domains:
         config["domains"] = args.domains
     if args.runs_dir:
@@ -740,9 +816,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
         print(f"budget: {budget_line(config)}", flush=True)
-        counts = run_all(config, in_process=args.in_process)
+        counts = run_all(config, in_process=bool(config["in_process"]))
         print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     json_path, md_path = write_results(config)
+    report = md_path.read_text(encoding="utf-8")
+    print("\n" + report.split("\nCompute:")[0].strip() + "\n", flush=True)  # the tables, per domain
     print(f"wrote {json_path} and {md_path}", flush=True)
     return 1 if counts["failed"] or counts["blocked"] else 0
 

@@ -124,6 +124,53 @@ def test_plan_covers_every_row_and_study(tmp_path: Path) -> None:
     assert teacher["weighting"] == "none" and teacher["domain_loss"] == "none"
 
 
+def test_methods_restrict_the_main_study_to_their_teachers_and_rows(tmp_path: Path) -> None:
+    config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path), quick=True)
+    config["studies"], config["methods"] = ["main"], ["meta"]
+    names = [cell.name for cell in pipeline.plan_cells(config)]
+    assert names == ["teacher/meta", "student/meta/books", "student/meta/dvd"]
+    assert list(pipeline.collect(config)["main"]) == ["teacher_meta", "student_meta"]
+    config["methods"] = ["none", "tinybert"]
+    names = [cell.name for cell in pipeline.plan_cells(config)]
+    assert names == ["teacher/single/books", "teacher/single/dvd"] + [
+        f"student/{m}/{d}" for m in ("none", "tinybert") for d in DOMAINS
+    ]
+    for bad in (["meta", "distil"], []):
+        config["methods"] = bad
+        with pytest.raises(pipeline.PipelineError, match="`methods` must be a non-empty list"):
+            pipeline.check_choices("bench.yaml", config)
+
+
+def test_main_job_config_is_the_quick_meta_kd_pipeline() -> None:
+    config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job.yaml")
+    assert config["is_quick"] and config["in_process"] and config["methods"] == ["meta"]
+    assert config["domains"] == ["books", "dvd", "electronics", "kitchen"]
+    names = [cell.name for cell in pipeline.plan_cells(config)]
+    assert names == ["teacher/meta"] + [f"student/meta/{d}" for d in config["domains"]]
+    assert config["teacher"]["trainer"]["limit_train_batches"] == 12  # the quick budget
+    # `apply_quick` in a file that extends another applies the parent's `quick:` section
+    quick = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "benchmark_quick.yaml")
+    full = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "benchmark.yaml", quick=True)
+    assert quick == full and quick["name"] == "amazon_quick"
+    assert quick["student"]["trainer"]["limit_train_batches"] == 8
+
+
+def test_in_process_output_goes_to_the_cell_log(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    log = tmp_path / "fit.log"
+    with pipeline._output_to(log):
+        print("from print")
+        os.write(1, b"from fd 1\n")
+        os.write(2, b"from fd 2\n")
+        sys.stderr.write("from sys.stderr\n")
+    print("progress line")
+    text = log.read_text()
+    for line in ("from print", "from fd 1", "from fd 2", "from sys.stderr"):
+        assert line in text
+    captured = capfd.readouterr()
+    assert "progress line" in captured.out
+    assert "from" not in captured.out + captured.err
+
+
 def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config_path = tiny_pipeline_config(tmp_path)
     # (zero_shot is planned but not run here: with a random tiny encoder the student cannot recompute t_i
@@ -145,6 +192,7 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     assert summary["scarcity"]["points"]["meta"]["0.5"]["mean"] is not None
     assert summary["versions"]["torch"] and summary["cell_configs"]
     assert all(summary["cells"].values())
+    assert "| Student: Meta-KD (meta-teacher) |" in out  # the report is printed at the end
 
     # Resumable: a second run (the real command, in a subprocess) skips every finished cell.
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
