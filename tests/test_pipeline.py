@@ -242,3 +242,31 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     assert {"teacher", "student", "student_onnx", "student_onnx_int8"} <= set(report["inference"])
     assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])
     assert (tmp_path / "speed.md").read_text().startswith("# ")
+
+
+@pytest.mark.parametrize(("name", "quick"), [("amazon/benchmark.yaml", True), ("mnli/benchmark.yaml", False)])
+def test_shipped_pipeline_configs_resolve_in_the_cli(
+    name: str, quick: bool, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Each kind of cell of the shipped presets (every study) is a config LightningCLI accepts."""
+    from metakd.cli import main as cli_main
+
+    config = pipeline.load_pipeline_config(REPO / "configs" / name, quick=quick)
+    config["studies"], config["runs_dir"] = ["main", "scarcity", "zero_shot"], str(tmp_path)
+    kinds: dict[tuple, pipeline.Cell] = {}
+    for cell in pipeline.plan_cells(config):
+        kinds.setdefault((cell.kind, cell.info.get("study")), cell)
+    assert len(kinds) == 5  # teacher and student of the main study, scarcity student, zero-shot pair
+    for cell in kinds.values():
+        path = tmp_path / f"{cell.name.replace('/', '_')}.yaml"
+        path.write_text(yaml.safe_dump(pipeline.cell_config(config, 1, cell)), encoding="utf-8")
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["fit", "--config", str(path), "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert exit_.value.code in (0, None), cell.name
+        assert config["corpus"] in printed["data"]["class_path"].lower(), cell.name
+        expected = "metakd.MetaTeacher" if cell.kind == "teacher" else "metakd.Student"
+        assert printed["model"]["class_path"] == expected, cell.name
+        if cell.kind == "student":
+            assert printed["data"]["init_args"]["target_domain"] == cell.info["domain"], cell.name
+            assert printed["trainer"]["max_epochs"] == config["student"]["trainer"]["max_epochs"]
