@@ -155,6 +155,45 @@ def test_main_job_config_is_the_quick_meta_kd_pipeline() -> None:
     assert quick["student"]["trainer"]["limit_train_batches"] == 8
 
 
+def test_several_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
+    config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path))
+    config["studies"], config["methods"], config["seeds"] = ["main"], ["meta"], [1, 2]
+    accuracy = {  # (seed, cell) -> test metrics
+        (1, "teacher/meta"): {"test/acc": 0.8, "test/acc_books": 0.7, "test/acc_dvd": 0.9},
+        (2, "teacher/meta"): {"test/acc": 0.8, "test/acc_books": 0.9, "test/acc_dvd": 0.7},
+        (1, "student/meta/books"): {"test/acc": 0.60},
+        (2, "student/meta/books"): {"test/acc": 0.64},
+        (1, "student/meta/dvd"): {"test/acc": 0.70},
+        (2, "student/meta/dvd"): {"test/acc": 0.80},
+    }
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    for (seed, name), metrics in accuracy.items():
+        cell = cells[name]
+        pipeline.write_json(
+            pipeline.cell_dir(config, seed, name) / pipeline.RESULT_FILE,
+            {
+                "cell": name,
+                "kind": cell.kind,
+                "seed": seed,
+                "info": cell.info,
+                "metrics": metrics,
+                "seconds": 1.0,
+            },
+        )
+    _, md_path = pipeline.write_results(config)
+    student = json.loads((tmp_path / "results" / "tiny.json").read_text())["main"]["student_meta"]
+    assert student["books"]["mean"] == pytest.approx(0.62) and student["books"]["std"] == pytest.approx(
+        0.0283, abs=1e-4
+    )
+    # average per seed first (0.65, 0.72), then mean and sample std over seeds
+    assert student["average"]["values"] == pytest.approx([0.65, 0.72])
+    assert student["average"]["std"] == pytest.approx(0.0495, abs=1e-4)
+    markdown = md_path.read_text()
+    assert "seeds [1, 2] (mean ± std)" in markdown
+    assert "| Student: Meta-KD (meta-teacher) | 62.0 ± 2.8 | 75.0 ± 7.1 | 68.5 ± 4.9 |" in markdown
+    assert "| Teacher: meta-teacher | 80.0 ± 14.1 | 80.0 ± 14.1 | 80.0 ± 0.0 |" in markdown
+
+
 def test_in_process_output_goes_to_the_cell_log(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     log = tmp_path / "fit.log"
     with pipeline._output_to(log):
