@@ -383,7 +383,7 @@ def accuracy_retained(out: Path) -> dict[str, Any] | None:
     if student is None or not teacher:
         return None
     return {
-        "source": str(path),
+        "source": str(path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path),
         "student_meta_kd": student,
         "meta_teacher": teacher,
         "retained": student / teacher,

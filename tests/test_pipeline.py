@@ -141,13 +141,15 @@ def test_methods_restrict_the_main_study_to_their_teachers_and_rows(tmp_path: Pa
             pipeline.check_choices("bench.yaml", config)
 
 
-def test_main_job_config_is_the_quick_meta_kd_pipeline() -> None:
+def test_main_job_config_is_the_meta_kd_slice_of_the_pipeline() -> None:
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job.yaml")
-    assert config["is_quick"] and config["in_process"] and config["methods"] == ["meta"]
+    assert config["in_process"] and config["methods"] == ["meta"] and config["name"] == "amazon_main"
     assert config["domains"] == ["books", "dvd", "electronics", "kitchen"]
     names = [cell.name for cell in pipeline.plan_cells(config)]
     assert names == ["teacher/meta"] + [f"student/meta/{d}" for d in config["domains"]]
-    assert config["teacher"]["trainer"]["limit_train_batches"] == 12  # the quick budget
+    assert config["teacher"]["trainer"]["limit_train_batches"] == 40  # its own budget, merged
+    assert config["student"]["trainer"]["limit_train_batches"] == 60
+    assert config["student"]["model"]["init_args"]["student_layers"] == [0, 5]  # the rest inherited
     # `apply_quick` in a file that extends another applies the parent's `quick:` section
     quick = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "benchmark_quick.yaml")
     full = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "benchmark.yaml", quick=True)
