@@ -81,9 +81,9 @@ class TestMetricsWriter(_Callback):  # type: ignore[misc,valid-type]
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {
-            key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")
-        }
+        from metakd.sweep import scalar_metrics
+
+        metrics = scalar_metrics(trainer.callback_metrics, prefix="test/")
         payload = {"metrics": metrics, "ckpt_path": str(getattr(trainer, "ckpt_path", None) or "")}
         write_json(Path(self.path), payload)
 
@@ -142,7 +142,7 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
 
 
 def check_choices(path: str | Path, config: dict[str, Any]) -> None:
-    """``studies`` and ``methods`` name known ones (checked again after command-line overrides)."""
+    """``studies`` and ``methods`` name known ones."""
     unknown = set(config["studies"]) - {"main", "scarcity", "zero_shot"}
     if unknown:
         raise PipelineError(
@@ -177,6 +177,29 @@ def student_cell_name(method: str, domain: str, fraction: float | None = None) -
     if fraction is not None and fraction < 1.0:
         return f"student/{method}_{fraction_tag(fraction)}/{domain}"
     return f"student/{method}/{domain}"
+
+
+def scarcity_settings(config: dict[str, Any]) -> tuple[str, list[str], list[float]]:
+    """The scarcity study's target domain, student methods and training-data fractions."""
+    scarcity = config.get("scarcity") or {}
+    fractions = [float(f) for f in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0])]
+    return (
+        scarcity.get("domain", config["domains"][0]),
+        list(scarcity.get("methods", ["tinybert", "meta"])),
+        fractions,
+    )
+
+
+def zero_shot_settings(config: dict[str, Any]) -> tuple[str, list[str], str]:
+    """The zero-shot study's target domain, the teacher's domains (all others) and the stand-in domain."""
+    zero = config.get("zero_shot") or {}
+    domain = zero.get("domain", config["domains"][0])
+    others = [d for d in zero.get("all_domains", config["domains"]) if d != domain]
+    return domain, others, zero.get("teacher_domain", others[0])
+
+
+def zero_shot_cell_name(domain: str) -> str:
+    return f"student/meta_zeroshot/{domain}"
 
 
 def plan_cells(config: dict[str, Any]) -> list[Cell]:
@@ -214,10 +237,9 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         needs: list[str] = []
         if method == "none":
             model["teacher_ckpt"] = None
-        else:
+        else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
             source = {"vanilla": mixed_teacher, "meta": meta_teacher}.get(method)
             needs = [source() if source else single_teacher(domain)]
-            model["teacher_ckpt"] = needs[0]  # resolved to a checkpoint path per seed
         info.setdefault("row", f"student_{method}")
         if fraction is not None:
             info["train_fraction"] = fraction
@@ -238,17 +260,12 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             for domain in domains:
                 student_cell(method, domain)
     if "scarcity" in studies:
-        scarcity = config.get("scarcity") or {}
-        domain = scarcity.get("domain", domains[0])
-        for method in scarcity.get("methods", ["tinybert", "meta"]):
-            for fraction in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0]):
-                student_cell(method, domain, float(fraction), study="scarcity")
+        domain, methods, fractions = scarcity_settings(config)
+        for method in methods:
+            for fraction in fractions:
+                student_cell(method, domain, fraction, study="scarcity")
     if "zero_shot" in studies:
-        zero = config.get("zero_shot") or {}
-        domain = zero.get("domain", domains[0])
-        all_domains = list(zero.get("all_domains", domains))
-        others = [d for d in all_domains if d != domain]
-        stand_in = zero.get("teacher_domain", others[0])
+        domain, others, stand_in = zero_shot_settings(config)
         without = teacher(
             f"teacher/meta_without_{domain}",
             {"data": {"init_args": {"domains": others}}},
@@ -256,11 +273,9 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             domain=domain,
         )
         student(
-            f"student/meta_zeroshot/{domain}",
+            zero_shot_cell_name(domain),
             {
-                "model": {
-                    "init_args": {"distillation": "meta", "teacher_ckpt": without, "teacher_domain": stand_in}
-                },
+                "model": {"init_args": {"distillation": "meta", "teacher_domain": stand_in}},
                 "data": {"init_args": {"target_domain": domain}},
             },
             [without],
@@ -512,11 +527,12 @@ def read_result(config: dict[str, Any], seed: int, cell: str) -> dict[str, Any] 
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def collect(config: dict[str, Any]) -> dict[str, Any]:
+def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str, Any]:
     """Gather the cells' results into the benchmark's JSON (main table and studies)."""
     domains = list(config["domains"])
     seeds = list(config["seeds"])
-    cells = plan_cells(config)
+    cells = plan_cells(config) if cells is None else cells
+    results = {(seed, cell.name): read_result(config, seed, cell.name) for seed in seeds for cell in cells}
     out: dict[str, Any] = {
         "name": config["name"],
         "corpus": config["corpus"],
@@ -536,7 +552,7 @@ def collect(config: dict[str, Any]) -> dict[str, Any]:
                 accs = []
                 for domain in domains:
                     name = main_cell_name(key, domain)
-                    result = read_result(config, seed, name)
+                    result = results.get((seed, name))
                     value = cell_accuracy(result, domain) if result else None
                     if value is not None:
                         per_domain[domain].append(value)
@@ -548,35 +564,37 @@ def collect(config: dict[str, Any]) -> dict[str, Any]:
             row["average"] = summarise(per_seed_avg)
             table[key] = row
         out["main"] = table
+
+    def accuracies(name: str, domain: str) -> list[float | None]:
+        return [cell_accuracy(r, domain) for s in seeds if (r := results.get((s, name)))]
+
     if "scarcity" in config["studies"]:
-        scarcity = config.get("scarcity") or {}
-        domain = scarcity.get("domain", domains[0])
+        domain, methods, fractions = scarcity_settings(config)
         points: dict[str, Any] = {}
-        for method in scarcity.get("methods", ["tinybert", "meta"]):
-            for fraction in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0]):
-                name = student_cell_name(method, domain, float(fraction))
-                values = [cell_accuracy(r, domain) for s in seeds if (r := read_result(config, s, name))]
-                points.setdefault(method, {})[str(float(fraction))] = {"cell": name, **summarise(values)}
+        for method in methods:
+            for fraction in fractions:
+                name = student_cell_name(method, domain, fraction)
+                points.setdefault(method, {})[str(fraction)] = {
+                    "cell": name,
+                    **summarise(accuracies(name, domain)),
+                }
         out["scarcity"] = {"domain": domain, "points": points}
     if "zero_shot" in config["studies"]:
-        zero_config = config.get("zero_shot") or {}
-        domain = zero_config.get("domain", domains[0])
-        zero: dict[str, Any] = {}
-        for key, name in (("unseen", f"student/meta_zeroshot/{domain}"), ("seen", f"student/meta/{domain}")):
-            results = [r for s in seeds if (r := read_result(config, s, name))]
-            stand_in = next(iter(c.info.get("teacher_domain") for c in cells if c.name == name), None)
-            zero[key] = {
+        domain, _, stand_in = zero_shot_settings(config)
+        out["zero_shot"] = {
+            key: {
                 "cell": name,
                 "domain": domain,
-                "teacher_domain": stand_in,
-                **summarise([cell_accuracy(r, domain) for r in results]),
+                "teacher_domain": teacher_domain,
+                **summarise(accuracies(name, domain)),
             }
-        out["zero_shot"] = zero
-    seconds = [r["seconds"] for s in seeds for c in cells if (r := read_result(config, s, c.name))]
-    out["train_and_test_seconds"] = round(sum(seconds), 1)
-    out["cells"] = {
-        f"{s}/{c.name}": (cell_dir(config, s, c.name) / RESULT_FILE).is_file() for s in seeds for c in cells
-    }
+            for key, name, teacher_domain in (
+                ("unseen", zero_shot_cell_name(domain), stand_in),
+                ("seen", student_cell_name("meta", domain), None),
+            )
+        }
+    out["train_and_test_seconds"] = round(sum(r["seconds"] for r in results.values() if r), 1)
+    out["cells"] = {f"{seed}/{name}": result is not None for (seed, name), result in results.items()}
     return out
 
 
@@ -739,7 +757,8 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
     results_dir = Path(config["results_dir"])
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = results_dir / f"{config['name']}.json", results_dir / f"{config['name']}.md"
-    summary = collect(config)
+    cells = plan_cells(config)
+    summary = collect(config, cells)
     summary["budget"] = budget_line(config)
     summary["quick"] = bool(config.get("is_quick"))
     summary["versions"] = package_versions()
@@ -748,9 +767,7 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
         summary["scarcity"]["plot"] = plot_scarcity(summary, results_dir / f"{config['name']}_scarcity.png")
     summary["pipeline_config"] = {k: v for k, v in config.items() if k not in ("teacher", "student")}
     summary["cell_configs"] = {
-        f"{seed}/{cell.name}": cell_config(config, seed, cell)
-        for seed in config["seeds"]
-        for cell in plan_cells(config)
+        f"{seed}/{cell.name}": cell_config(config, seed, cell) for seed in config["seeds"] for cell in cells
     }
     write_json(json_path, summary)
     md_path.write_text(render_markdown(config, summary), encoding="utf-8")
@@ -793,21 +810,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_pipeline_config(args.config, quick=args.quick)
-    if args.seeds:
-        config["seeds"] = args.seeds
-    if args.studies:
-        config["studies"] = args.studies
-    if args.methods:
-        config["methods"] = args.methods
+    # command-line overrides (argparse's `choices` check --studies and --methods)
+    for key in ("seeds", "studies", "methods", "domains", "runs_dir", "results_dir"):
+        if getattr(args, key):
+            config[key] = getattr(args, key)
     if args.in_process:
         config["in_process"] = True
-    check_choices(args.config, config)
-    if args.domains:
-        config["domains"] = args.domains
-    if args.runs_dir:
-        config["runs_dir"] = args.runs_dir
-    if args.results_dir:
-        config["results_dir"] = args.results_dir
     if args.plan:
         for cell in plan_cells(config):
             print(f"{cell.kind:<8} {cell.name:<36} needs {cell.needs or '-'}")

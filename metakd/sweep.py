@@ -60,6 +60,19 @@ class SweepError(ValueError):
 
 
 # --------------------------------------------------------------------------------- trial side
+def scalar_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
+    """The scalar entries of ``trainer.callback_metrics`` whose name starts with ``prefix``, as floats."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if not name.startswith(prefix) or (hasattr(value, "numel") and value.numel() != 1):
+            continue
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class SweepMetricsRecorder(Callback):
     """Appends the scalar ``trainer.callback_metrics`` after each validation run to a JSON Lines file.
 
@@ -78,13 +91,7 @@ class SweepMetricsRecorder(Callback):
         if target is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         record: dict[str, Any] = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch)}
-        for name, value in trainer.callback_metrics.items():
-            try:
-                if hasattr(value, "numel") and value.numel() != 1:
-                    continue
-                record[name] = float(value)
-            except (TypeError, ValueError):
-                continue
+        record.update(scalar_metrics(trainer.callback_metrics))
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
