@@ -82,13 +82,11 @@ class MetaKDCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if subcommand != "fit" and kwargs.get("ckpt_path") == "best":
-            kwargs["ckpt_path"] = resolve_best_checkpoint(self.trainer)
-        ckpt_path = kwargs.get("ckpt_path")
-        if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
             from metakd.checkpointing import check_checkpoint_file
 
-            # A clear error naming the file before Lightning tries to unpickle it.
-            check_checkpoint_file(ckpt_path, expected=type(self.model).__name__)
+            kwargs["ckpt_path"] = resolve_best_checkpoint(self.trainer)
+            # (an explicit path was checked in _parse_ckpt_path; this is the one "best" resolved to)
+            check_checkpoint_file(kwargs["ckpt_path"], expected=type(self.model).__name__)
         return kwargs
 
     def _parse_ckpt_path(self) -> None:
@@ -106,7 +104,7 @@ class MetaKDCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from pytorch_lightning.plugins.io import CheckpointIO
 
-        from metakd.checkpointing import AtomicCheckpointIO
+        from metakd.checkpointing import AtomicCheckpointIO, RNGStateCallback
 
         # Checkpoints are written atomically (metakd/checkpointing.py) unless the user picks a CheckpointIO.
         plugins = config.get("plugins")
@@ -114,8 +112,6 @@ class MetaKDCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        from metakd.checkpointing import RNGStateCallback
-
         # Random generator states travel with the checkpoints, so a resumed run draws the same numbers.
         return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
 
