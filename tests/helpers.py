@@ -171,9 +171,17 @@ def tiny_student_config(**overrides: Any) -> dict[str, Any]:
 def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = None, **overrides: Any) -> str:
     """Fit a tiny MetaTeacher (backbone ``minilm-l6`` tokenizer, tiny random encoder) for 2 steps and
     save it with ``trainer.save_checkpoint(path)``; returns ``path``."""
+    datamodule = datamodule or ToyMultiDomainDataModule(backbone="minilm-l6")
+    trainer = tiny_trainer()
+    trainer.fit(tiny_teacher(datamodule, **overrides), datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def tiny_teacher(datamodule: Any, **overrides: Any) -> Any:
+    """A MetaTeacher with the tiny random encoder for ``datamodule``'s labels and domains (no t_i cache)."""
     from metakd.teacher import MetaTeacher
 
-    datamodule = datamodule or ToyMultiDomainDataModule(backbone="minilm-l6")
     kwargs: dict[str, Any] = {
         "backbone": "minilm-l6",
         "num_labels": datamodule.num_labels,
@@ -184,10 +192,26 @@ def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = No
         "transferability_cache": False,
     }
     kwargs.update(overrides)
-    trainer = tiny_trainer()
-    trainer.fit(MetaTeacher(**kwargs), datamodule=datamodule)
-    trainer.save_checkpoint(path)
-    return path
+    return MetaTeacher(**kwargs)
+
+
+def tiny_student(teacher_ckpt: str | None, datamodule: Any, **overrides: Any) -> Any:
+    """A Student with the tiny student encoder for ``datamodule``'s target domain, distilled from
+    ``teacher_ckpt`` (the Student's own defaults otherwise)."""
+    from metakd.student import Student
+
+    kwargs: dict[str, Any] = {
+        "teacher_ckpt": teacher_ckpt,
+        "num_labels": datamodule.num_labels,
+        "num_domains": datamodule.num_domains,
+        "domain_names": datamodule.domain_names,
+        "label_names": datamodule.label_names,
+        "target_domain": datamodule.target_domain,
+        "tokenizer_name": datamodule.backbone,
+        "student_config": tiny_student_config(),
+    }
+    kwargs.update(overrides)
+    return Student(**kwargs)
 
 
 # --- command-line helpers (shared by the CLI, logging, fault, reliability and pipeline tests) ------
@@ -195,34 +219,45 @@ def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = No
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def run_metakd(
-    *args: str,
+def metakd_env(wandb_mode: str = "disabled", extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a metakd subprocess: offline, W&B ``wandb_mode``, the repo on PYTHONPATH."""
+    import os
+
+    env = dict(os.environ, WANDB_MODE=wandb_mode, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra_env or {})
+    return env
+
+
+def run_python(
+    *args: Any,
     cwd: Any = None,
     check: bool = True,
     timeout: int = 300,
     wandb_mode: str = "disabled",
     extra_env: dict[str, str] | None = None,
 ):
-    """Run ``python -m metakd ARGS`` offline in a subprocess; with ``check`` a non-zero exit fails the
+    """Run ``python ARGS`` in a subprocess with :func:`metakd_env`; with ``check`` a non-zero exit fails the
     test with the end of its output. Returns the ``CompletedProcess`` (text output captured)."""
-    import os
     import subprocess
     import sys
 
-    env = dict(os.environ, WANDB_MODE=wandb_mode, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra_env or {})
     result = subprocess.run(
-        [sys.executable, "-m", "metakd", *map(str, args)],
+        [sys.executable, *map(str, args)],
         cwd=str(cwd or REPO),
-        env=env,
+        env=metakd_env(wandb_mode, extra_env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"metakd {' '.join(map(str, args))} exited {result.returncode}:\n"
+            f"python {' '.join(map(str, args))} exited {result.returncode}:\n"
             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+def run_metakd(*args: Any, **kwargs: Any):
+    """Run ``python -m metakd ARGS`` offline (:func:`run_python`)."""
+    return run_python("-m", "metakd", *args, **kwargs)

@@ -21,7 +21,7 @@ import torch
 from helpers import (
     ToyMultiDomainDataModule,
     tiny_encoder_config,
-    tiny_student_config,
+    tiny_student,
     tiny_trainer,
     train_tiny_teacher,
 )
@@ -100,7 +100,13 @@ def test_tokenised_cache_key_data_content(tmp_path: Path, encode_calls: list[int
     assert edited.split_fingerprint != first.split_fingerprint
     assert edited.data_fingerprint != first.data_fingerprint
     assert {f.parent.name for f in arrow_files(cache) - files} == {edited.data_fingerprint}
-    assert "edited" not in first.tokenizer.decode(first.train_dataset[0]["input_ids"])  # old entry intact
+    # the old entry is intact: the original file again is read from it, nothing re-tokenised
+    write_corpus(Path(path))
+    again, tokenised = setup_data(encode_calls, train_file=path, cache_dir=str(cache))
+    assert tokenised == 0 and again.data_fingerprint == first.data_fingerprint
+    assert [r["input_ids"].tolist() for r in again.train_dataset] == [
+        r["input_ids"].tolist() for r in first.train_dataset
+    ]
 
 
 def test_tokenised_cache_key_backbone(
@@ -289,20 +295,7 @@ def teacher_ckpts(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, s
 
 def fit_student(teacher_ckpt: str, dm: ToyMultiDomainDataModule, cache_dir: Path) -> tuple[int, torch.Tensor]:
     """One epoch of vanilla KD with a disk cache; the teacher-forward count and the cached logits."""
-    from metakd.student import Student
-
-    student = Student(
-        teacher_ckpt=teacher_ckpt,
-        num_labels=dm.num_labels,
-        num_domains=dm.num_domains,
-        domain_names=dm.domain_names,
-        label_names=dm.label_names,
-        target_domain=dm.target_domain,
-        tokenizer_name=dm.backbone,
-        student_config=tiny_student_config(),
-        distillation="vanilla",
-        cache_dir=str(cache_dir),
-    )
+    student = tiny_student(teacher_ckpt, dm, distillation="vanilla", cache_dir=str(cache_dir))
     tiny_trainer(max_steps=-1, max_epochs=1).fit(student, datamodule=dm)
     return student.teacher_forward_calls, student.cache.logits.clone()
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_metakd, tiny_encoder_config, tiny_student_config
+from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 TRAINER = {
     "accelerator": "cpu",
@@ -81,7 +80,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_print_config_resolves_the_shipped_configs() -> None:
-    for config in sorted((REPO / "configs").glob("*/meta_*.yaml")):
+    configs = sorted((REPO / "configs").glob("*/meta_*.yaml"))
+    assert len(configs) == 8  # {amazon, mnli} x {meta_teacher, meta_distill} x {full, quick}
+    for config in configs:
         result = run_metakd("fit", "--config", str(config), "--print_config", cwd=REPO)
         printed = yaml.safe_load(result.stdout)
         assert printed["model"]["class_path"] in ("metakd.MetaTeacher", "metakd.Student"), config

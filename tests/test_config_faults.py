@@ -18,8 +18,6 @@ from helpers import run_metakd, tiny_encoder_config
 
 from metakd.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,7 +35,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
-            "fast_dev_run": True,
+            # one real step (not fast_dev_run, which never writes checkpoints): a fit that got as far as
+            # training would leave run/checkpoints/, which the fault tests check is absent
+            "max_steps": 1,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
             "logger": False,
             "enable_progress_bar": False,
             "default_root_dir": str(directory / "run"),
@@ -107,7 +109,6 @@ def test_unknown_key_in_config_file(
 ) -> None:
     config = yaml.safe_load((workdir / "tiny.yaml").read_text(encoding="utf-8"))
     config["model"]["init_args"]["learning_rat"] = 0.1
-    config["data"]["init_args"]["batch_size"] = 8
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(SystemExit) as exit_info:

@@ -35,9 +35,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers, also when run as a script
 from helpers import (  # noqa: E402
     ToyMultiDomainDataModule,
+    metakd_env,
     pad_collate,
-    tiny_encoder_config,
-    tiny_student_config,
+    tiny_student,
+    tiny_teacher,
+    tiny_trainer,
     train_tiny_teacher,
 )
 
@@ -116,23 +118,10 @@ def val_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 def fit_teacher(weighting: str, devices: int, batch_size: int) -> dict[str, Any]:
-    from metakd.teacher import MetaTeacher
-
     pl.seed_everything(SEED, verbose=False)
     data = make_data(batch_size)
-    model = MetaTeacher(
-        backbone="minilm-l6",
-        encoder_config=tiny_encoder_config(),
-        num_labels=data.num_labels,
-        num_domains=data.num_domains,
-        domain_names=data.domain_names,
-        label_names=data.label_names,
-        weighting=weighting,
-        domain_loss="reversal",
-        dropout=0.0,
-        learning_rate=1e-3,
-        warmup_ratio=0.0,
-        transferability_cache=False,
+    model = tiny_teacher(
+        data, weighting=weighting, domain_loss="reversal", dropout=0.0, learning_rate=1e-3, warmup_ratio=0.0
     )
     initial = flat_params(model.network)
     trainer = make_trainer(devices, max_epochs=1)
@@ -150,19 +139,11 @@ def fit_teacher(weighting: str, devices: int, batch_size: int) -> dict[str, Any]
 
 
 def fit_student(teacher_ckpt: str, devices: int, batch_size: int) -> dict[str, Any]:
-    from metakd.student import Student
-
     pl.seed_everything(SEED, verbose=False)
     data = make_data(batch_size, target_domain="dom1")
-    model = Student(
-        teacher_ckpt=teacher_ckpt,
-        num_labels=data.num_labels,
-        num_domains=data.num_domains,
-        domain_names=data.domain_names,
-        label_names=data.label_names,
-        target_domain=data.target_domain,
-        tokenizer_name=data.backbone,
-        student_config=tiny_student_config(),
+    model = tiny_student(
+        teacher_ckpt,
+        data,
         distillation="meta",
         intermediate_epochs=1,
         intermediate_lr=1e-3,
@@ -220,15 +201,13 @@ def ddp_results(
     tmp_path_factory: pytest.TempPathFactory, teacher_ckpt: str
 ) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("ddp_out")
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_MODE="disabled",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONWARNINGS="ignore",
+    env = metakd_env(
+        extra_env={
+            "OMP_NUM_THREADS": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONWARNINGS": "ignore",
+        }
     )
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED"):
         env.pop(key, None)  # a fresh launch: Lightning starts rank 1 itself
@@ -341,33 +320,10 @@ def test_meta_look_ahead_runs_in_fp32_under_bf16_mixed(monkeypatch: pytest.Monke
         return real(model, train_losses, heldout_losses_fn, **kwargs)
 
     monkeypatch.setattr(teacher_module, "meta_instance_weights", spy)
-    from metakd.teacher import MetaTeacher
-
     pl.seed_everything(SEED, verbose=False)
     data = make_data(8)
-    model = MetaTeacher(
-        backbone="minilm-l6",
-        encoder_config=tiny_encoder_config(),
-        num_labels=data.num_labels,
-        num_domains=data.num_domains,
-        domain_names=data.domain_names,
-        label_names=data.label_names,
-        weighting="prototype+meta",
-        learning_rate=1e-3,
-        transferability_cache=False,
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-    )
+    model = tiny_teacher(data, weighting="prototype+meta", learning_rate=1e-3)
+    trainer = tiny_trainer(precision="bf16-mixed")
     trainer.fit(model, datamodule=data)
     assert seen["step"] == [True, True]  # training_step runs under autocast ...
     assert seen["look_ahead"] == [False, False]  # ... the look-ahead with autocast off (fp32)

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_metakd, tiny_encoder_config
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_metakd, tiny_encoder_config
 
 _WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_encoder_config, tiny_student_config
+from helpers import REPO, run_metakd, run_python, tiny_encoder_config, tiny_student_config
 
 from metakd import pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 DOMAINS = ["books", "dvd"]
 TRAINER = {
@@ -232,33 +230,15 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     assert "| method | books | dvd | average |" in markdown and "Budget" in markdown
     assert summary["scarcity"]["points"]["meta"]["0.5"]["mean"] is not None
     assert summary["versions"]["torch"] and summary["cell_configs"]
-    assert all(summary["cells"].values())
+    assert summary["cells"] and all(summary["cells"].values())
     assert "| Student: Meta-KD (meta-teacher) |" in out  # the report is printed at the end
 
     # Resumable: a second run (the real command, in a subprocess) skips every finished cell.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "metakd",
-            "pipeline",
-            "--config",
-            str(config_path),
-            "--quick",
-            "--studies",
-            "main",
-            "scarcity",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_metakd(
+        "pipeline", "--config", config_path, "--quick", "--studies", "main", "scarcity", timeout=120
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(lines) == len(summary["cells"]) and all(" skipped " in line for line in lines)
+    assert lines and len(lines) == len(summary["cells"]) and all(" skipped " in line for line in lines)
 
     # A finished cell is reused only for the config it ran with, never reported under a changed one.
     changed = pipeline.load_pipeline_config(config_path, quick=True)
@@ -269,16 +249,7 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
 
 
 def test_speed_benchmark_tiny(tmp_path: Path) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
-    result = subprocess.run(
-        [sys.executable, "benchmarks/speed.py", "--tiny", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=120)
     report = json.loads((tmp_path / "speed.json").read_text())
     assert {"teacher", "student", "student_onnx", "student_onnx_int8"} <= set(report["inference"])
     assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])

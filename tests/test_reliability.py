@@ -7,7 +7,6 @@ The CLI runs are real ``python -m metakd fit`` subprocesses on a tiny teacher (2
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,21 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_metakd, tiny_encoder_config
+from helpers import REPO, metakd_env, run_metakd, tiny_encoder_config
 
 from metakd.checkpointing import AtomicCheckpointIO, CheckpointFileError, load_checkpoint_file
 
-REPO = Path(__file__).resolve().parents[1]
 _WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 
 
 # Results depend on the number of intra-op threads (how reductions are split): every run of a
 # comparison uses the same single thread.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **ONE_THREAD)
 
 
 def write_corpus(directory: Path, per_domain: int = 60) -> Path:
@@ -109,7 +103,7 @@ def fit_and_kill(config: Path, ready, attempts: int = 3) -> dict:
         proc = subprocess.Popen(
             [sys.executable, "-m", "metakd", "fit", "--config", str(config)],
             cwd=REPO,
-            env=_env(),
+            env=metakd_env(extra_env=ONE_THREAD),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -234,12 +228,58 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert loaded["global_step"] == 1 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
 
 
-def test_cli_uses_atomic_checkpoint_io_and_last_follows_every_epoch(reference):
-    """AtomicCheckpointIO is wired in; last.ckpt is the final epoch even when val/acc stopped improving."""
+def test_cli_uses_atomic_checkpoint_io_and_last_follows_every_epoch(tmp_path, corpus, reference):
+    """The CLI's trainer writes through AtomicCheckpointIO; last.ckpt is the final epoch even when val/acc
+    stopped improving (LastModelCheckpoint; Lightning's ModelCheckpoint leaves it at the best epoch)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from metakd.checkpointing import LastModelCheckpoint
     from metakd.cli import MetaKDCLI
 
     assert reference["global_step"] == 75 and reference["epoch"] == 2
-    assert "_instantiate_trainer" in MetaKDCLI.__dict__
+    cli = MetaKDCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        args=["--config", str(write_config(tmp_path / "cli", corpus, tmp_path / "cache"))],
+        run=False,
+    )
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert isinstance(cli.trainer.checkpoint_callback, LastModelCheckpoint)
+
+    class Worsening(pl.LightningModule):  # val/acc 0.9, 0.5, 0.1: the best epoch is the first
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.weight - batch[0]).pow(2).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/acc", 0.9 - 0.4 * self.current_epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.ones(2, 1), batch_size=1)
+
+    def last_epoch(callback_class: type) -> int:
+        directory = tmp_path / callback_class.__name__
+        callback = callback_class(dirpath=directory, monitor="val/acc", mode="max", save_last=True)
+        trainer = pl.Trainer(
+            max_epochs=3,
+            callbacks=[callback],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(Worsening(), loader, loader)
+        return torch.load(directory / "last.ckpt", weights_only=True)["epoch"]
+
+    assert last_epoch(LastModelCheckpoint) == 2
+    assert last_epoch(ModelCheckpoint) == 0  # why LastModelCheckpoint exists (Lightning 2.6)
 
 
 def _bad_checkpoints(tmp_path: Path, real: Path) -> dict[str, Path]:
@@ -302,5 +342,7 @@ def test_checkpoints_and_hparams_load_weights_only(reference):
 def test_no_trust_remote_code():
     """No metakd/datamodules code passes trust_remote_code (hub code is never executed)."""
     for folder in ("metakd", "datamodules"):
-        for source in (REPO / folder).glob("*.py"):
+        sources = list((REPO / folder).glob("*.py"))
+        assert sources, folder
+        for source in sources:
             assert "trust_remote_code" not in source.read_text(encoding="utf-8"), source

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ToyMultiDomainDataModule, tiny_student_config, tiny_trainer, train_tiny_teacher
+from helpers import (
+    ToyMultiDomainDataModule,
+    tiny_student,
+    tiny_trainer,
+    train_tiny_teacher,
+)
 
 from metakd.recipe import LayerMatch, RecipeError
 from metakd.student import Student, StudentConfigError, TeacherCheckpointError, recompute_transferability
@@ -27,19 +32,7 @@ def toy_data(**overrides: Any) -> ToyMultiDomainDataModule:
 
 
 def make_student(teacher_ckpt: str | None, datamodule: ToyMultiDomainDataModule, **overrides: Any) -> Student:
-    kwargs: dict[str, Any] = {
-        "teacher_ckpt": teacher_ckpt,
-        "num_labels": datamodule.num_labels,
-        "num_domains": datamodule.num_domains,
-        "domain_names": datamodule.domain_names,
-        "label_names": datamodule.label_names,
-        "target_domain": datamodule.target_domain,
-        "tokenizer_name": datamodule.backbone,
-        "student_config": tiny_student_config(),
-        "intermediate_epochs": 1,
-    }
-    kwargs.update(overrides)
-    return Student(**kwargs)
+    return tiny_student(teacher_ckpt, datamodule, **{"intermediate_epochs": 1, **overrides})
 
 
 class CountingForward:
