@@ -78,12 +78,10 @@ def make_datamodule(args: argparse.Namespace, workdir: Path, **kwargs: Any) -> A
 
 
 def data_args(dm: Any) -> dict[str, Any]:
-    return {
-        "num_labels": dm.num_labels,
-        "num_domains": dm.num_domains,
-        "domain_names": dm.domain_names,
-        "label_names": dm.label_names,
-    }
+    """The model init args the CLI links from a datamodule (labels, domains)."""
+    from metakd.cli import DATA_TO_MODEL_LINKS
+
+    return {target: getattr(dm, source) for source, target in DATA_TO_MODEL_LINKS.items()}
 
 
 def make_teacher(args: argparse.Namespace, dm: Any, **kwargs: Any) -> Any:
@@ -260,7 +258,6 @@ def bare_loop_steps(module: Any, dm: Any, steps: int) -> list[float]:
 
     model = module.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
-    dm.setup("fit")
     times: list[float] = []
     iterator = iter(dm.train_dataloader())
     start = time.perf_counter()
