@@ -6,8 +6,10 @@ Markdown table (rows = methods, columns = target domains + average; test accurac
 - teachers: single-domain (one per domain: ``weighting: none``, ``domain_loss: none``,
   ``data.target_domain``), mixed-domain (``weighting: none``, ``domain_loss: none``), meta-teacher
   (the defaults);
-- students per domain: fine-tuning without KD (``distillation: none``), vanilla KD from the mixed
-  teacher, TinyBERT-KD from that domain's single-domain teacher, Meta-KD from the meta-teacher;
+- students per domain, one row per method of ``methods`` (default: the paper's fine-tuning without KD,
+  vanilla KD, TinyBERT-KD and Meta-KD; or any other method of the ``metakd.distill`` registry),
+  each distilled from the teacher its registry entry names (``teacher_role``: the mixed-domain teacher,
+  that domain's single-domain teacher, the meta-teacher, or none) and labelled by its entry;
 - optional studies (``studies: [main, scarcity, zero_shot]``): data scarcity (Meta-KD vs TinyBERT-KD
   on one domain at several ``train_fraction``; PNG plot when matplotlib is installed) and zero-shot
   (a meta-teacher trained without the target domain, the student distilled with ``teacher_domain``).
@@ -41,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from metakd.utils import write_json
+
 try:  # the callback needs Lightning; the rest of the module does not
     from pytorch_lightning import Callback as _Callback
 except ImportError:  # pragma: no cover
@@ -49,16 +53,51 @@ except ImportError:  # pragma: no cover
 RESULT_FILE = "result.json"
 TEST_METRICS_FILE = "test_metrics.json"
 
-METHODS = ("none", "vanilla", "tinybert", "meta")
-MAIN_ROWS = [
-    ("teacher_single", "Teacher: single-domain"),
-    ("teacher_mixed", "Teacher: mixed-domain"),
-    ("teacher_meta", "Teacher: meta-teacher"),
-    ("student_none", "Student: fine-tune, no KD"),
-    ("student_vanilla", "Student: vanilla KD (mixed teacher)"),
-    ("student_tinybert", "Student: TinyBERT-KD (single-domain teacher)"),
-    ("student_meta", "Student: Meta-KD (meta-teacher)"),
-]
+DEFAULT_METHODS = ("none", "vanilla", "tinybert", "meta")
+"""The Meta-KD paper's comparison: the default ``methods`` of a pipeline config."""
+TEACHER_ROWS = {
+    "single": ("teacher_single", "Teacher: single-domain"),
+    "mixed": ("teacher_mixed", "Teacher: mixed-domain"),
+    "meta": ("teacher_meta", "Teacher: meta-teacher"),
+}
+"""Teacher roles the pipeline trains (``Distiller.teacher_role``), as table rows."""
+
+
+def method_entry(name: str) -> Any:
+    """The registry entry (a ``Distiller`` class) of a method name, with a clear error."""
+    from metakd.distill import DISTILLERS
+
+    if name not in DISTILLERS:
+        raise PipelineError(f"unknown method {name!r} in `methods`; {DISTILLERS.choices_hint(name)}")
+    cls = DISTILLERS.get(name)
+    if cls.teacher_role is not None and cls.teacher_role not in TEACHER_ROWS:
+        raise PipelineError(
+            f"method {name!r} names teacher_role {cls.teacher_role!r}; "
+            f"the pipeline trains {sorted(TEACHER_ROWS)}"
+        )
+    return cls
+
+
+def registered_methods() -> list[str]:
+    from metakd.distill import DISTILLERS
+
+    return DISTILLERS.names()
+
+
+def main_rows(methods: list[str]) -> list[tuple[str, str]]:
+    """``(row key, label)`` of the main table: the teachers the methods need, then one row per method,
+    labelled from the registry (``Student: <label> (<teacher>)``)."""
+    from metakd.distill import TEACHER_ROLES
+
+    entries = [method_entry(method) for method in methods]
+    roles = {entry.teacher_role for entry in entries}
+    rows = [TEACHER_ROWS[role] for role in TEACHER_ROWS if role in roles]
+    for method, entry in zip(methods, entries):
+        label = f"Student: {entry.label}"
+        if entry.teacher_role is not None:
+            label += f" ({TEACHER_ROLES[entry.teacher_role]})"
+        rows.append((f"student_{method}", label))
+    return rows
 
 
 class PipelineError(RuntimeError):
@@ -135,7 +174,7 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("seeds", [42])
     config.setdefault("runs_dir", "runs/benchmark")
     config.setdefault("results_dir", "benchmarks/results")
-    config.setdefault("methods", list(METHODS))
+    config.setdefault("methods", list(DEFAULT_METHODS))
     config.setdefault("in_process", False)
     check_choices(path, config)
     return config
@@ -149,8 +188,15 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             f"{path}: unknown studies {sorted(unknown)}; choose from main, scarcity, zero_shot"
         )
     methods = config["methods"]
-    if not isinstance(methods, list) or not methods or set(methods) - set(METHODS):
-        raise PipelineError(f"{path}: `methods` must be a non-empty list of {list(METHODS)}, got {methods!r}")
+    if not isinstance(methods, list) or not methods or len(set(methods)) != len(methods):
+        raise PipelineError(
+            f"{path}: `methods` must be a non-empty list of distinct method names, got {methods!r}"
+        )
+    for method in methods:
+        try:
+            method_entry(method)
+        except PipelineError as err:
+            raise PipelineError(f"{path}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +274,8 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
     def meta_teacher() -> str:
         return teacher("teacher/meta", {}, row="teacher_meta")
 
+    teacher_of_role = {"mixed": mixed_teacher, "meta": meta_teacher}
+
     def student_cell(method: str, domain: str, fraction: float | None = None, **info: Any) -> str:
         data: dict[str, Any] = {"target_domain": domain}
         name = student_cell_name(method, domain, fraction)
@@ -235,11 +283,11 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             data["train_fraction"] = fraction
         model: dict[str, Any] = {"distillation": method}
         needs: list[str] = []
-        if method == "none":
+        role = method_entry(method).teacher_role
+        if role is None:
             model["teacher_ckpt"] = None
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
-            source = {"vanilla": mixed_teacher, "meta": meta_teacher}.get(method)
-            needs = [source() if source else single_teacher(domain)]
+            needs = [single_teacher(domain) if role == "single" else teacher_of_role[role]()]
         info.setdefault("row", f"student_{method}")
         if fraction is not None:
             info["train_fraction"] = fraction
@@ -248,13 +296,14 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         )
 
     if "main" in studies:
-        methods = [m for m in METHODS if m in config.get("methods", METHODS)]
-        if "tinybert" in methods:  # the teachers of the chosen methods, each also a row of the table
+        methods = list(config.get("methods", DEFAULT_METHODS))
+        roles = {method_entry(method).teacher_role for method in methods}
+        if "single" in roles:  # the teachers of the chosen methods, each also a row of the table
             for domain in domains:
                 single_teacher(domain)
-        if "vanilla" in methods:
+        if "mixed" in roles:
             mixed_teacher()
-        if "meta" in methods:
+        if "meta" in roles:
             meta_teacher()
         for method in methods:
             for domain in domains:
@@ -322,13 +371,6 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
 
 # --------------------------------------------------------------------------------------------------
 # running
-
-
-def write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(partial, path)
 
 
 @contextlib.contextmanager
@@ -542,9 +584,9 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     if "main" in config["studies"]:
         table: dict[str, Any] = {}
         planned = {cell.name for cell in cells}
-        for key, label in MAIN_ROWS:
+        for key, label in main_rows(list(config["methods"])):
             if main_cell_name(key, domains[0]) not in planned:
-                continue  # a method left out by `methods`
+                continue
             row: dict[str, Any] = {"label": label}
             per_seed_avg: list[float] = []
             per_domain: dict[str, list[float]] = {d: [] for d in domains}
@@ -627,7 +669,8 @@ def budget_line(config: dict[str, Any]) -> str:
             else:
                 backbone = model.get("student_backbone", "minilm-l6")
                 size = f"{backbone} layers {model.get('student_layers', 'all')}"
-            text = f"{size}; {text}; stage 1 (tinybert/meta) {model.get('intermediate_epochs', '?')} epoch(s)"
+            epochs = model.get("intermediate_epochs", "?")
+            text = f"{size}; {text}; intermediate stage (two-stage methods) {epochs} epoch(s)"
         return text
 
     return f"teachers: {part('teacher')}. students: {part('student')}"
@@ -796,8 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=list(METHODS),
-        help="override `methods`: the students of the main study (and the teachers they need)",
+        help="override `methods`: the students of the main study (and the teachers they need); names of the "
+        "metakd.distill registry (e.g. none vanilla tinybert meta)",
     )
     parser.add_argument(
         "--in-process",

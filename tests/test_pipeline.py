@@ -133,10 +133,13 @@ def test_methods_restrict_the_main_study_to_their_teachers_and_rows(tmp_path: Pa
     assert names == ["teacher/single/books", "teacher/single/dvd"] + [
         f"student/{m}/{d}" for m in ("none", "tinybert") for d in DOMAINS
     ]
-    for bad in (["meta", "distil"], []):
+    for bad in ([], ["meta", "meta"]):
         config["methods"] = bad
         with pytest.raises(pipeline.PipelineError, match="`methods` must be a non-empty list"):
             pipeline.check_choices("bench.yaml", config)
+    config["methods"] = ["meta", "tinybret"]
+    with pytest.raises(pipeline.PipelineError, match="unknown method 'tinybret'.*did you mean 'tinybert'"):
+        pipeline.check_choices("bench.yaml", config)
 
 
 def test_main_job_config_is_the_meta_kd_slice_of_the_pipeline() -> None:
@@ -222,7 +225,17 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     assert " done " in out and "failed" not in out.split("cells:")[0]
     summary = json.loads((tmp_path / "results" / "tiny_quick.json").read_text())
     markdown = (tmp_path / "results" / "tiny_quick.md").read_text()
-    for key, label in pipeline.MAIN_ROWS:
+    rows = pipeline.main_rows(list(pipeline.DEFAULT_METHODS))
+    assert rows == [  # read from the method registry; the labels of the committed tables
+        ("teacher_single", "Teacher: single-domain"),
+        ("teacher_mixed", "Teacher: mixed-domain"),
+        ("teacher_meta", "Teacher: meta-teacher"),
+        ("student_none", "Student: fine-tune, no KD"),
+        ("student_vanilla", "Student: vanilla KD (mixed teacher)"),
+        ("student_tinybert", "Student: TinyBERT-KD (single-domain teacher)"),
+        ("student_meta", "Student: Meta-KD (meta-teacher)"),
+    ]
+    for key, label in rows:
         row = summary["main"][key]
         assert all(row[d]["mean"] is not None for d in DOMAINS), key
         assert row["average"]["mean"] is not None
