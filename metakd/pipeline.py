@@ -84,19 +84,58 @@ def registered_methods() -> list[str]:
     return DISTILLERS.names()
 
 
-def main_rows(methods: list[str]) -> list[tuple[str, str]]:
-    """``(row key, label)`` of the main table: the teachers the methods need, then one row per method,
-    labelled from the registry (``Student: <label> (<teacher>)``)."""
+VARIANT_KEYS = ("method", "label", "teacher", "model", "data")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A student row of the main table: a registry method, or a config ``variants`` entry (a method with
+    its own teacher role, Student and data overrides and label)."""
+
+    name: str
+    method: str
+    label: str
+    teacher_role: str | None
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
+    """The row ``name`` of ``methods``: a ``variants`` entry, else the registry method of that name."""
+    variant = (variants or {}).get(name)
+    if variant is None:
+        entry = method_entry(name)
+        return RowSpec(name, name, entry.label, entry.teacher_role)
+    entry = method_entry(variant["method"])
+    role = variant.get("teacher", entry.teacher_role)
+    role = None if role in (None, "none") else role
+    if role is not None and role not in TEACHER_ROWS:
+        raise PipelineError(
+            f"variants.{name}.teacher must be one of {sorted(TEACHER_ROWS)} or none, got {role!r}"
+        )
+    return RowSpec(
+        name,
+        variant["method"],
+        str(variant.get("label", entry.label)),
+        role,
+        dict(variant.get("model") or {}),
+        dict(variant.get("data") or {}),
+    )
+
+
+def main_rows(methods: list[str], variants: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """``(row key, label)`` of the main table: the teachers the rows need, then one row per entry of
+    ``methods``, labelled from the registry or the variant (``Student: <label> (<teacher>)``)."""
     from metakd.distill import TEACHER_ROLES
 
-    entries = [method_entry(method) for method in methods]
-    roles = {entry.teacher_role for entry in entries}
+    specs = [row_spec(method, variants) for method in methods]
+    roles = {spec.teacher_role for spec in specs}
     rows = [TEACHER_ROWS[role] for role in TEACHER_ROWS if role in roles]
-    for method, entry in zip(methods, entries):
-        label = f"Student: {entry.label}"
-        if entry.teacher_role is not None:
-            label += f" ({TEACHER_ROLES[entry.teacher_role]})"
-        rows.append((f"student_{method}", label))
+    for spec in specs:
+        label = f"Student: {spec.label}"
+        if spec.teacher_role is not None:
+            label += f" ({TEACHER_ROLES[spec.teacher_role]})"
+        rows.append((f"student_{spec.name}", label))
     return rows
 
 
@@ -175,6 +214,7 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("runs_dir", "runs/benchmark")
     config.setdefault("results_dir", "benchmarks/results")
     config.setdefault("methods", list(DEFAULT_METHODS))
+    config.setdefault("variants", {})
     config.setdefault("in_process", False)
     check_choices(path, config)
     return config
@@ -192,9 +232,26 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
         raise PipelineError(
             f"{path}: `methods` must be a non-empty list of distinct method names, got {methods!r}"
         )
+    variants = config.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise PipelineError(f"{path}: `variants` must be a mapping of row name -> {{method, label, ...}}")
+    for name, variant in variants.items():
+        if not isinstance(variant, dict) or "method" not in variant:
+            raise PipelineError(
+                f"{path}: variants.{name} must be a mapping with `method` (a registry method)"
+            )
+        unknown = sorted(set(variant) - set(VARIANT_KEYS))
+        if unknown:
+            raise PipelineError(
+                f"{path}: variants.{name} has unknown keys {unknown}; known: {list(VARIANT_KEYS)}"
+            )
+        if name in registered_methods():
+            raise PipelineError(
+                f"{path}: variants.{name} has the name of a registry method; pick another name"
+            )
     for method in methods:
         try:
-            method_entry(method)
+            row_spec(method, variants)
         except PipelineError as err:
             raise PipelineError(f"{path}: {err}") from None
 
@@ -277,13 +334,14 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
     teacher_of_role = {"mixed": mixed_teacher, "meta": meta_teacher}
 
     def student_cell(method: str, domain: str, fraction: float | None = None, **info: Any) -> str:
-        data: dict[str, Any] = {"target_domain": domain}
+        spec = row_spec(method, config.get("variants"))
+        data: dict[str, Any] = {"target_domain": domain, **copy.deepcopy(spec.data)}
         name = student_cell_name(method, domain, fraction)
         if fraction is not None and fraction < 1.0:
             data["train_fraction"] = fraction
-        model: dict[str, Any] = {"distillation": method}
+        model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
         needs: list[str] = []
-        role = method_entry(method).teacher_role
+        role = spec.teacher_role
         if role is None:
             model["teacher_ckpt"] = None
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
@@ -297,7 +355,7 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
 
     if "main" in studies:
         methods = list(config.get("methods", DEFAULT_METHODS))
-        roles = {method_entry(method).teacher_role for method in methods}
+        roles = {row_spec(method, config.get("variants")).teacher_role for method in methods}
         if "single" in roles:  # the teachers of the chosen methods, each also a row of the table
             for domain in domains:
                 single_teacher(domain)
@@ -584,7 +642,7 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     if "main" in config["studies"]:
         table: dict[str, Any] = {}
         planned = {cell.name for cell in cells}
-        for key, label in main_rows(list(config["methods"])):
+        for key, label in main_rows(list(config["methods"]), config.get("variants")):
             if main_cell_name(key, domains[0]) not in planned:
                 continue
             row: dict[str, Any] = {"label": label}

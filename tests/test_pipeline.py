@@ -142,6 +142,45 @@ def test_methods_restrict_the_main_study_to_their_teachers_and_rows(tmp_path: Pa
         pipeline.check_choices("bench.yaml", config)
 
 
+def test_variants_are_rows_of_a_method_with_their_own_teacher_overrides_and_label(tmp_path: Path) -> None:
+    config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path), quick=True)
+    config["studies"], config["methods"] = ["main"], ["none", "hot_kd"]
+    config["variants"] = {
+        "hot_kd": {
+            "method": "vanilla",
+            "teacher": "meta",
+            "label": "vanilla KD at T=4",
+            "model": {"temperature": 4.0},
+            "data": {"batch_size": 4},
+        },  # fmt: skip
+    }
+    pipeline.check_choices("bench.yaml", config)
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    assert list(cells) == ["teacher/meta"] + [f"student/{m}/{d}" for m in ("none", "hot_kd") for d in DOMAINS]
+    assert cells["student/hot_kd/books"].needs == ["teacher/meta"]
+    full = pipeline.cell_config(config, 1, cells["student/hot_kd/books"])
+    assert full["model"]["init_args"]["distillation"] == "vanilla"
+    assert full["model"]["init_args"]["temperature"] == 4.0
+    assert full["model"]["init_args"]["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert (
+        full["data"]["init_args"]["batch_size"] == 4 and full["data"]["init_args"]["target_domain"] == "books"
+    )
+    assert pipeline.main_rows(config["methods"], config["variants"]) == [
+        ("teacher_meta", "Teacher: meta-teacher"),
+        ("student_none", "Student: fine-tune, no KD"),
+        ("student_hot_kd", "Student: vanilla KD at T=4 (meta-teacher)"),
+    ]
+    for bad, message in (
+        ({"hot_kd": {"label": "no method"}}, "must be a mapping with `method`"),
+        ({"hot_kd": {"method": "vanilla", "teacher": "oracle"}}, "teacher must be one of"),
+        ({"hot_kd": {"method": "vanilla", "lr": 1}}, r"unknown keys \['lr'\]"),
+        ({"meta": {"method": "vanilla"}}, "the name of a registry method"),
+    ):
+        config["variants"] = bad
+        with pytest.raises(pipeline.PipelineError, match=message):
+            pipeline.check_choices("bench.yaml", config)
+
+
 def test_main_job_config_is_the_meta_kd_slice_of_the_pipeline() -> None:
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job.yaml")
     assert config["in_process"] and config["methods"] == ["meta"] and config["name"] == "amazon_main"
