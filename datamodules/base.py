@@ -234,6 +234,8 @@ class MultiDomainDataModule(LightningDataModule):
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
             raise DataError(f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         if train_fraction is not None and not (
             isinstance(train_fraction, (int, float)) and 0.0 < float(train_fraction) <= 1.0
         ):

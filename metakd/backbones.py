@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from metakd.errors import MetakdError
+
 DEFAULT_BACKBONE = "minilm-l6"
 
 
@@ -42,7 +44,7 @@ BACKBONE_ALIASES: dict[str, BackboneAlias] = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(MetakdError, ValueError):
     """A backbone name that cannot be resolved or loaded."""
 
 

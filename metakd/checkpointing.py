@@ -21,6 +21,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from metakd.errors import MetakdError
+
 # What each metakd module writes into its checkpoints (a key checked before a checkpoint is used).
 EXPECTED_KEYS = {
     "MetaTeacher": ("state_dict", "hyper_parameters"),
@@ -29,7 +31,7 @@ EXPECTED_KEYS = {
 }
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(MetakdError, ValueError):
     """A checkpoint file that cannot be read, or is not the kind of checkpoint expected."""
 
 

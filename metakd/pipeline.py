@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from metakd.errors import MetakdError, main_with_boundary
+
 try:  # the callback needs Lightning; the rest of the module does not
     from pytorch_lightning import Callback as _Callback
 except ImportError:  # pragma: no cover
@@ -61,7 +63,7 @@ MAIN_ROWS = [
 ]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(MetakdError, RuntimeError):
     """A bad pipeline configuration."""
 
 
@@ -834,4 +836,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_boundary(main)())

@@ -48,6 +48,8 @@ from typing import Any
 import yaml
 from pytorch_lightning.callbacks import Callback
 
+from metakd.errors import MetakdError
+
 METRICS_ENV = "METAKD_SWEEP_METRICS"
 METRICS_FILE = "sweep_metrics.jsonl"
 RECORDER_CLASS = "metakd.sweep.SweepMetricsRecorder"
@@ -55,7 +57,7 @@ DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 _MACRO = re.compile(r"\$\{[^}]*\}")
 
 
-class SweepError(ValueError):
+class SweepError(MetakdError, ValueError):
     """A sweep file or command line that cannot be run."""
 
 
@@ -452,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m metakd sweep``: 0 when at least one trial finished with a metric."""
     args = build_parser().parse_args(argv)
     if args.count < 1:
-        print("error: --count must be >= 1", file=sys.stderr)
-        return 2
+        raise SweepError(f"--count must be >= 1, got {args.count}")
     extra = [token for chunk in args.extra_args for token in shlex.split(chunk)]
     out = args.out or os.path.join(
         "runs", "sweeps", f"{Path(args.sweep_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -469,9 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             dry_run=args.dry_run,
         )
-    except (SweepError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:  # e.g. the sweep file or the output folder; printed by the error boundary
+        raise SweepError(str(err)) from err
     if args.dry_run:
         return 0
     print(f"[sweep] leaderboard: {Path(out) / 'leaderboard.md'}")

@@ -173,6 +173,19 @@ def test_train_fraction_outside_unit_interval(fraction):
         AmazonReviewsDataModule(train_fraction=fraction)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("max_length", 1, "max_length must be an integer >= 4, got 1"),
+        ("num_workers", -1, "num_workers must be an integer >= 0, got -1"),
+    ],
+)
+def test_loader_options_are_checked(option, value, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        AmazonReviewsDataModule(**{option: value})
+
+
 def test_train_fraction_one_is_accepted():
     assert AmazonReviewsDataModule(train_fraction=1).train_fraction == 1.0
 
