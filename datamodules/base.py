@@ -331,6 +331,8 @@ class MultiDomainDataModule(LightningDataModule):
                 where = f"{self.corpus_name} {split} example {i}"
                 if not isinstance(record.get("text"), str):
                     raise DataError(f"{where}: 'text' must be a string, got {record.get('text')!r}")
+                if not record["text"].strip():
+                    raise DataError(f"{where}: 'text' is empty ({record['text']!r})")
                 has_pair = record.get("text_pair") is not None
                 if pair is None:
                     pair = has_pair
@@ -338,6 +340,8 @@ class MultiDomainDataModule(LightningDataModule):
                     raise DataError(f"{where}: some examples have a 'text_pair' and some do not")
                 if has_pair and not isinstance(record["text_pair"], str):
                     raise DataError(f"{where}: 'text_pair' must be a string, got {record['text_pair']!r}")
+                if has_pair and not record["text_pair"].strip():
+                    raise DataError(f"{where}: 'text_pair' is empty ({record['text_pair']!r})")
                 label = record.get("label")
                 if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < self.num_labels:
                     raise DataError(
