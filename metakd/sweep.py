@@ -109,16 +109,41 @@ def load_sweep_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+# What metakd uses of W&B's sweep engine: a module named `sweeps` without them is something else (run
+# from the metakd repository, `import sweeps` finds its `sweeps/` folder of YAML files as a namespace
+# package when the engine is not installed).
+SWEEP_ENGINE_API = ("next_run", "SweepConfig", "schema_violations_from_proposed_config")
+SWEEP_INSTALL_HINT = (
+    "local sweeps need W&B's sweep engine: pip install 'metakd[sweep]' (the `sweeps` package)"
+)
+
+
 def _import_sweeps() -> Any:
+    """W&B's sweep engine (the ``sweeps`` package), recognised by what it provides."""
     try:
         with warnings.catch_warnings():  # sweeps 0.2 declares a pydantic-1 style config
             warnings.simplefilter("ignore")
             import sweeps
-    except ImportError as err:  # pragma: no cover - depends on the environment
+    except ImportError as err:
+        raise SweepError(SWEEP_INSTALL_HINT) from err
+    missing = [name for name in SWEEP_ENGINE_API if not hasattr(sweeps, name)]
+    if missing:
+        locations = [getattr(sweeps, "__file__", None) or "", *map(str, getattr(sweeps, "__path__", []))]
+        where = ", ".join(dict.fromkeys(filter(None, locations)))
         raise SweepError(
-            "local sweeps need W&B's sweep engine: pip install 'metakd[sweep]' (the `sweeps` package)"
-        ) from err
+            f"{SWEEP_INSTALL_HINT}; the `sweeps` module found ({where or 'unknown location'}) is not the "
+            f"engine: it has no {', '.join(missing)}"
+        )
     return sweeps
+
+
+def sweep_engine_available() -> bool:
+    """Whether W&B's sweep engine can be imported (not just any module named ``sweeps``)."""
+    try:
+        _import_sweeps()
+    except SweepError:
+        return False
+    return True
 
 
 def schema_violations(config: dict[str, Any]) -> list[str]:
