@@ -240,6 +240,8 @@ class MultiDomainDataModule(LightningDataModule):
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
             raise DataError(f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         if train_fraction is not None and not (
             isinstance(train_fraction, (int, float)) and 0.0 < float(train_fraction) <= 1.0
         ):
@@ -341,6 +343,8 @@ class MultiDomainDataModule(LightningDataModule):
                 where = f"{self.corpus_name} {split} example {i}"
                 if not isinstance(record.get("text"), str):
                     raise DataError(f"{where}: 'text' must be a string, got {record.get('text')!r}")
+                if not record["text"].strip():
+                    raise DataError(f"{where}: 'text' is empty ({record['text']!r})")
                 has_pair = record.get("text_pair") is not None
                 if pair is None:
                     pair = has_pair
@@ -348,6 +352,8 @@ class MultiDomainDataModule(LightningDataModule):
                     raise DataError(f"{where}: some examples have a 'text_pair' and some do not")
                 if has_pair and not isinstance(record["text_pair"], str):
                     raise DataError(f"{where}: 'text_pair' must be a string, got {record['text_pair']!r}")
+                if has_pair and not record["text_pair"].strip():
+                    raise DataError(f"{where}: 'text_pair' is empty ({record['text_pair']!r})")
                 label = record.get("label")
                 if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < self.num_labels:
                     raise DataError(
