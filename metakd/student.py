@@ -125,9 +125,15 @@ class Student(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        numbers = {"intermediate_lr": intermediate_lr, "prediction_lr": prediction_lr, "lambda_tk": lambda_tk,
-                   "weight_decay": weight_decay, "temperature": temperature, "hard_label_weight": hard_label_weight,
-                   "intermediate_epochs": intermediate_epochs}  # fmt: skip
+        numbers = {
+            "intermediate_lr": intermediate_lr,
+            "prediction_lr": prediction_lr,
+            "lambda_tk": lambda_tk,
+            "weight_decay": weight_decay,
+            "temperature": temperature,
+            "hard_label_weight": hard_label_weight,
+            "intermediate_epochs": intermediate_epochs,
+        }
         check_student_options(**{name: value for name, value in numbers.items() if value is not None})
         if matches is not None:  # plain dicts in the checkpoint (loadable with weights_only=True)
             self.hparams["matches"] = [asdict(coerce_match(m)) for m in matches]
