@@ -50,6 +50,7 @@ try:  # the callback needs Lightning; the rest of the module does not
 except ImportError:  # pragma: no cover
     _Callback = object  # type: ignore[assignment,misc]
 
+DEFAULTS_FILE = Path(__file__).with_name("pipeline_defaults.yaml")
 RESULT_FILE = "result.json"
 TEST_METRICS_FILE = "test_metrics.json"
 DEV_CURVE_FILE = "dev_curve.json"
@@ -250,9 +251,12 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     """Read a pipeline config; ``extends: <file>`` merges onto another one, ``quick`` (or ``--quick``)
     merges the ``quick:`` section and appends ``_quick`` to the name. A top-level ``data:`` block is
     the datamodule of every cell: it is merged under ``teacher:`` and ``student:``, whose own ``data:``
-    keys override it."""
+    keys override it. A config with neither ``teacher:`` nor ``student:`` (a user's corpus: ``data``,
+    ``domains`` and a name) is merged onto the built-in budget, :data:`DEFAULTS_FILE`."""
     path = Path(path)
     config = _read_extended(path)
+    if "teacher" not in config and "student" not in config:
+        config = deep_merge(_read_extended(DEFAULTS_FILE), config)
     if quick or config.pop("apply_quick", False):
         overrides = config.get("quick") or {}
         config = deep_merge(config, overrides)
