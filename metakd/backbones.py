@@ -6,9 +6,12 @@ The embedded default is ``minilm-l6``: all-MiniLM-L6-v2 shipped inside the PyPI 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 DEFAULT_BACKBONE = "minilm-l6"
@@ -100,3 +103,42 @@ def load_encoder(name: str, attn_implementation: str | None = None, **kwargs: An
         return AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_failure(name, err) from err
+
+
+def load_classifier(name: str, **kwargs: Any):
+    """``AutoModelForSequenceClassification.from_pretrained`` on a resolved backbone name, with a clear
+    error. The model comes back in train mode (``from_pretrained`` gives eval mode, and Lightning keeps
+    each module's mode: a student would otherwise train with dropout off)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_backbone(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_failure(name, err) from err
+    return model.train()
+
+
+@lru_cache(maxsize=16)
+def tokenizer_signature(name: str) -> tuple[str, int, str]:
+    """``(name_or_path, vocabulary size, sha256 of the vocabulary)`` of a backbone's tokenizer."""
+    tokenizer = load_tokenizer(name)
+    vocab = sorted(tokenizer.get_vocab().items())
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    return str(getattr(tokenizer, "name_or_path", name)), len(tokenizer), digest
+
+
+def check_same_tokenizer(name_a: str, role_a: str, name_b: str, role_b: str) -> None:
+    """Raise :class:`~metakd.errors.StudentConfigError` unless two backbones tokenize identically (same
+    vocabulary): a student, its data and its teacher must share one tokenizer."""
+    from metakd.errors import StudentConfigError
+
+    if name_a == name_b:
+        return
+    sig_a, sig_b = tokenizer_signature(name_a), tokenizer_signature(name_b)
+    if sig_a[1:] != sig_b[1:]:
+        raise StudentConfigError(
+            f"tokenizer mismatch: the {role_a} uses {name_a!r} ({sig_a[0]}, vocabulary {sig_a[1]}) but the "
+            f"{role_b} uses {name_b!r} ({sig_b[0]}, vocabulary {sig_b[1]}); the student, its data and its "
+            "teacher must share one tokenizer"
+        )

@@ -4,14 +4,13 @@ Lightning's ``TorchCheckpointIO`` serialises to memory, then writes through an f
 temporary file lies in the system temp directory (``tempfile.mkstemp()``) and is moved into place with
 ``shutil.move``. When that directory is on another filesystem than the checkpoint folder (a tmpfs
 ``/tmp``, a network or scratch volume), the move is a copy: a process killed during it leaves a truncated
-``last.ckpt``. :class:`AtomicCheckpointIO` writes ``<path>.partial`` next to the target, fsyncs it and
-``os.replace``-s it over the target, so a reader sees the old file or the new one, never a half.
+``last.ckpt``. :class:`AtomicCheckpointIO` writes a ``.<name>.<pid>.partial`` file next to the target,
+fsyncs it and ``os.replace``-s it over the target (``metakd.utils.atomic_write_bytes``), so a reader sees
+the old file or the new one, never a half.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from metakd.utils import atomic_torch_save
 
 # What each metakd module writes into its checkpoints (a key checked before a checkpoint is used).
 EXPECTED_KEYS = {
@@ -76,7 +77,7 @@ class LastModelCheckpoint(ModelCheckpoint):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that writes ``<path>.partial`` in the target folder, then ``os.replace``."""
+    """``TorchCheckpointIO`` that writes a partial file in the target folder, then ``os.replace``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
@@ -84,20 +85,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = str(path)
         if "://" in target and not target.startswith("file://"):
             return super().save_checkpoint(checkpoint, path)  # remote filesystems: Lightning's way
-        target_path = Path(target.removeprefix("file://"))
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # fails before any file is touched
-        partial = target_path.with_name(target_path.name + ".partial")
-        try:
-            with open(partial, "wb") as handle:
-                handle.write(buffer.getbuffer())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, target_path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        atomic_torch_save(
+            checkpoint, target.removeprefix("file://")
+        )  # serialised first: fails before any write
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
         check_checkpoint_file(path)
@@ -198,3 +188,37 @@ class RNGStateCallback(Callback):
         if "cuda" in self._pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._pending["cuda"])
         self._pending = None
+
+
+def load_student_weights(module: Any, path: str) -> None:
+    """Start a Student from another Student checkpoint's weights (``init_from``: e.g. an intermediate-stage
+    run's ``last.ckpt``): the architecture's weights must all be there with the same shapes; the method's
+    modules (projections, heads) are taken where they fit. No optimiser state, no epoch counter."""
+    import logging
+
+    from metakd.errors import StudentConfigError
+
+    try:
+        state = load_checkpoint_file(path, expected="Student")["state_dict"]
+    except CheckpointFileError as err:
+        raise StudentConfigError(f"init_from: {err}") from err
+    own = module.state_dict()
+    missing_model = sorted(k for k in own if k.startswith("model.") and k not in state)
+    if missing_model:
+        raise StudentConfigError(
+            f"init_from {path!r} is not a compatible Student checkpoint: missing {missing_model[:5]}..."
+        )
+    usable = {k: v for k, v in state.items() if k in own}
+    for key, value in usable.items():
+        if own[key].shape != value.shape:
+            raise StudentConfigError(
+                f"init_from {path!r}: {key} has shape {tuple(value.shape)}, "
+                f"the student {tuple(own[key].shape)}"
+            )
+    module.load_state_dict(usable, strict=False)
+    logging.getLogger(__name__).info(
+        "initialised the student from %s (%d tensors; not used: %s)",
+        path,
+        len(usable),
+        sorted(set(state) - set(usable)),
+    )

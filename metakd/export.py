@@ -1,12 +1,15 @@
-"""``python -m metakd export --ckpt PATH --out DIR [--onnx] [--int8]``: a trained Student as a plain
-HuggingFace model directory (and optionally ONNX / dynamically quantised int8 ONNX).
+"""``python -m metakd export --ckpt PATH --out DIR [--onnx] [--int8]``: a trained Student as an
+inference directory (and optionally ONNX / dynamically quantised int8 ONNX).
 
-The directory holds the student's ``*ForSequenceClassification`` weights (the Student keeps exactly
-that layout in ``Student.model``, so the export is the trained network, not a re-assembly), a config
-with ``id2label`` / ``label2id`` from the data's label names, and the tokenizer the student was
-trained with. It loads with ``transformers.pipeline("text-classification", model=DIR)``.
+The export goes through the student's architecture (``StudentModel.save_exported``): the BERT student
+writes a plain HuggingFace model directory (its ``*ForSequenceClassification`` weights, a config with
+``id2label`` / ``label2id`` from the data's label names), which loads with
+``transformers.pipeline("text-classification", model=DIR)``; another architecture writes
+``metakd_student.json`` and ``model.safetensors`` (``metakd.students.load_exported(DIR)`` loads it).
+The tokenizer the student was trained with is saved beside either. Checkpoints written before the
+method registry (format 1: an HF config only) export as before.
 
-Checks: the re-loaded HF model reproduces the checkpoint's logits on a probe batch (max abs diff
+Checks: the re-loaded directory reproduces the checkpoint's logits on a probe batch (max abs diff
 <= 1e-5); the ONNX model reproduces them within ``--atol`` (1e-4; an error otherwise); the int8
 model's agreement (argmax agreement, max abs diff) is reported without a tolerance.
 """
@@ -71,31 +74,34 @@ def read_student_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def build_hf_model(checkpoint: dict[str, Any]) -> nn.Module:
-    """The checkpoint's student as a ``*ForSequenceClassification`` model in eval mode."""
-    from transformers import CONFIG_MAPPING, AutoModelForSequenceClassification
-
+def build_student(checkpoint: dict[str, Any]) -> Any:
+    """The checkpoint's trained student architecture (a ``StudentModel``) in eval mode."""
     from metakd.student import CHECKPOINT_KEY
+    from metakd.students import HFStudent, rebuild_student
 
     meta = checkpoint[CHECKPOINT_KEY]
-    config_dict = dict(meta["hf_config"])
-    model_type = config_dict.pop("model_type", "bert")
-    config = CONFIG_MAPPING[model_type].from_dict(config_dict)
-    labels = list(meta["label_names"])
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {name: i for i, name in enumerate(labels)}
-    config.num_labels = len(labels)
-    model = AutoModelForSequenceClassification.from_config(config)
+    if "student" in meta:
+        model = rebuild_student(meta["student"])
+    else:  # format 1 (before the registry): an HF config
+        model = HFStudent.from_hf_config(meta["hf_config"], list(meta["label_names"]))
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     result = model.load_state_dict(state, strict=False)
     # Non-persistent buffers (e.g. position_ids) may be absent; real weights may not.
     missing = [k for k in result.missing_keys if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or result.unexpected_keys:
         raise ExportError(
-            f"the checkpoint's student weights do not fit its config: missing {missing}, "
+            f"the checkpoint's student weights do not fit its architecture: missing {missing}, "
             f"unexpected {result.unexpected_keys}"
         )
     return model.eval()
+
+
+def build_hf_model(checkpoint: dict[str, Any]) -> nn.Module:
+    """The checkpoint's BERT student as a ``*ForSequenceClassification`` model in eval mode."""
+    model = build_student(checkpoint)
+    if not hasattr(model, "hf_model"):
+        raise ExportError(f"the checkpoint's student is a {type(model).__name__}, not a HuggingFace model")
+    return model.hf_model.eval()
 
 
 def _probe_batch(tokenizer: Any) -> dict[str, Tensor]:
@@ -105,17 +111,12 @@ def _probe_batch(tokenizer: Any) -> dict[str, Tensor]:
     return {k: encoded[k] for k in ONNX_INPUTS}
 
 
-class _LogitsOnly(nn.Module):
-    """``(input_ids, attention_mask, token_type_ids) -> logits`` for tracing."""
+def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Logits of a StudentModel or an HF model on a probe batch."""
+    from metakd.students.base import logits_only
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).logits
+    with torch.no_grad():
+        return logits_only(model)(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
 
 def _onnx_logits(path: Path, batch: dict[str, Tensor]) -> Tensor:
@@ -128,8 +129,11 @@ def _onnx_logits(path: Path, batch: dict[str, Tensor]) -> Tensor:
 
 
 def export_onnx(model: nn.Module, batch: dict[str, Tensor], path: Path, opset: int = 17) -> None:
-    """``torch.onnx.export`` (TorchScript exporter) with dynamic batch and sequence axes."""
-    wrapper = _LogitsOnly(model).eval()
+    """``torch.onnx.export`` (TorchScript exporter) of ``(input_ids, attention_mask, token_type_ids) ->
+    logits`` with dynamic batch and sequence axes; ``model`` is a StudentModel or an HF model."""
+    from metakd.students.base import logits_only
+
+    wrapper = logits_only(model).eval()
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
     dynamic_axes["logits"] = {0: "batch"}
     with torch.no_grad():
@@ -202,27 +206,26 @@ def _write_export(
     atol: float,
     tokenizer_name: str | None,
 ) -> ExportReport:
-    from transformers import AutoModelForSequenceClassification
-
     from metakd.backbones import load_tokenizer
     from metakd.student import CHECKPOINT_KEY
+    from metakd.students import load_exported
 
     if int8 and not onnx:
         raise ExportError("--int8 quantises the ONNX model: add --onnx")
     checkpoint = read_student_checkpoint(ckpt)
-    model = build_hf_model(checkpoint)
-    tokenizer = load_tokenizer(tokenizer_name or checkpoint[CHECKPOINT_KEY]["tokenizer_name"])
-    model.save_pretrained(out)
+    model = build_student(checkpoint)
+    meta = checkpoint[CHECKPOINT_KEY]
+    tokenizer = load_tokenizer(tokenizer_name or meta["tokenizer_name"])
+    model.save_exported(out, list(meta["label_names"]))
     tokenizer.save_pretrained(out)
 
     batch = _probe_batch(tokenizer)
-    with torch.no_grad():
-        reference = model(**batch).logits
-        reloaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
-        hf_diff = float((reloaded(**batch).logits - reference).abs().max())
+    reference = _logits(model, batch)
+    reloaded, _, _ = load_exported(out)
+    hf_diff = float((_logits(reloaded, batch) - reference).abs().max())
     if hf_diff > 1e-5:
         raise ExportError(
-            f"the exported HF model in {out} differs from the checkpoint: max |diff| {hf_diff:.3g}"
+            f"the exported model in {out} differs from the checkpoint: max |diff| {hf_diff:.3g}"
         )
     report = ExportReport(out_dir=str(out), hf_max_abs_diff=hf_diff)
 
@@ -233,8 +236,7 @@ def _write_export(
         probes = [batch, {k: v[:2, : max(3, v.shape[1] // 2)] for k, v in batch.items()}]
         diff = 0.0
         for probe in probes:
-            with torch.no_grad():
-                expected = model(**probe).logits
+            expected = _logits(model, probe)
             diff = max(diff, float((_onnx_logits(onnx_path, probe) - expected).abs().max()))
         if diff > atol:
             raise ExportError(f"ONNX logits differ from PyTorch by {diff:.3g} > atol {atol:g} ({onnx_path})")
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    print(f"exported to {report.out_dir} (HF re-load max |diff| {report.hf_max_abs_diff:.2e})")
+    print(f"exported to {report.out_dir} (re-load max |diff| {report.hf_max_abs_diff:.2e})")
     if report.onnx_path:
         print(f"ONNX: {report.onnx_path}, max |diff| vs PyTorch {report.onnx_max_abs_diff:.2e}")
     if report.int8_path:

@@ -1,4 +1,4 @@
-"""Meta-teacher losses (Stage 1 of Meta-KD), as pure functions.
+"""Meta-teacher losses (teacher training in Meta-KD), as pure functions.
 
 The weighted teacher loss is
 

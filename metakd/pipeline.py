@@ -6,18 +6,29 @@ Markdown table (rows = methods, columns = target domains + average; test accurac
 - teachers: single-domain (one per domain: ``weighting: none``, ``domain_loss: none``,
   ``data.target_domain``), mixed-domain (``weighting: none``, ``domain_loss: none``), meta-teacher
   (the defaults);
-- students per domain: fine-tuning without KD (``distillation: none``), vanilla KD from the mixed
-  teacher, TinyBERT-KD from that domain's single-domain teacher, Meta-KD from the meta-teacher;
-- optional studies (``studies: [main, scarcity, zero_shot]``): data scarcity (Meta-KD vs TinyBERT-KD
-  on one domain at several ``train_fraction``; PNG plot when matplotlib is installed) and zero-shot
-  (a meta-teacher trained without the target domain, the student distilled with ``teacher_domain``).
+- students per domain, one row per method of ``methods`` (default: the paper's fine-tuning without KD,
+  vanilla KD, TinyBERT-KD and Meta-KD; or any other method of the ``metakd.distill`` registry),
+  each distilled from the teacher its registry entry names (``teacher_role``: the mixed-domain teacher,
+  that domain's single-domain teacher, the meta-teacher, or none) and labelled by its entry;
+- budgets (``budgets: [A, B]``): B gives every student the same total epochs, A the same
+  prediction-stage epochs with a staged method's intermediate stage on top (its own cells);
+- optional studies (``studies: [main, scarcity, zero_shot, ablation]``): data scarcity (Meta-KD vs
+  TinyBERT-KD on one domain at several ``train_fraction``; PNG plot when matplotlib is installed),
+  zero-shot (a meta-teacher trained without the target domain, the student distilled with
+  ``teacher_domain``) and ablations (``extra_teachers`` and the rows named in ``ablations``).
+
+Every seed trains its own teachers and students. The report (:mod:`metakd.report`) gives mean ± std
+over seeds, paired bootstrap intervals of Meta-KD minus each other row from the cells' per-example
+predictions, CPU minutes per row, the teachers' dev curves, and warnings about teachers whose dev
+accuracy is below the no-KD student's.
 
 Each *cell* is one model: a folder ``<runs_dir>/<name>/<seed>/<cell>`` with ``cell.yaml`` (the exact,
 fully merged LightningCLI config), the logs of ``python -m metakd fit --config cell.yaml`` and
 ``python -m metakd test --config cell.yaml --ckpt_path best`` (two subprocesses), and ``result.json``
 once both succeeded. A cell with a ``result.json`` is skipped, so an interrupted pipeline continues
-where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test metrics are written by
-:class:`TestMetricsWriter`, a callback placed in the cell's config (no log parsing).
+where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test metrics, the dev curve and
+the per-example test predictions are written by callbacks placed in the cell's config
+(:class:`TestMetricsWriter`, :class:`DevCurveWriter`, :class:`PredictionsWriter`; no log parsing).
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from typing import Any
 import yaml
 
 from metakd.stats import mean_std
+from metakd.utils import write_json
 
 try:  # the callback needs Lightning; the rest of the module does not
     from pytorch_lightning import Callback as _Callback
@@ -59,19 +71,108 @@ STUDIES = ("main", "scarcity", "zero_shot", "ablation")
 REPORT_END_OF_PRINTED = "<!-- end of the part printed on the terminal -->"
 BUDGETS = ("A", "B")
 
-METHODS = ("none", "vanilla", "tinybert", "meta")
-MAIN_ROWS = [
-    ("teacher_single", "Teacher: single-domain"),
-    ("teacher_mixed", "Teacher: mixed-domain"),
-    ("teacher_meta", "Teacher: meta-teacher"),
-    ("student_none", "Student: fine-tune, no KD"),
-    ("student_vanilla", "Student: vanilla KD (mixed teacher)"),
-    ("student_tinybert", "Student: TinyBERT-KD (single-domain teacher)"),
-    ("student_meta", "Student: Meta-KD (meta-teacher)"),
-]
-# Methods with an intermediate stage before the prediction stage: budget A gives them
-# `intermediate_epochs` on top of the prediction-stage epochs the others get (see `budget_overrides`).
-STAGED_METHODS = ("tinybert", "meta")
+DEFAULT_METHODS = ("none", "vanilla", "tinybert", "meta")
+"""The Meta-KD paper's comparison: the default ``methods`` of a pipeline config."""
+TEACHER_ROWS = {
+    "single": ("teacher_single", "Teacher: single-domain"),
+    "mixed": ("teacher_mixed", "Teacher: mixed-domain"),
+    "meta": ("teacher_meta", "Teacher: meta-teacher"),
+}
+"""Teacher roles the pipeline trains (``Distiller.teacher_role``), as table rows."""
+
+
+def method_entry(name: str) -> Any:
+    """The registry entry (a ``Distiller`` class) of a method name, with a clear error."""
+    from metakd.distill import DISTILLERS
+
+    if name not in DISTILLERS:
+        raise PipelineError(f"unknown method {name!r} in `methods`; {DISTILLERS.choices_hint(name)}")
+    cls = DISTILLERS.get(name)
+    if cls.teacher_role is not None and cls.teacher_role not in TEACHER_ROWS:
+        raise PipelineError(
+            f"method {name!r} names teacher_role {cls.teacher_role!r}; "
+            f"the pipeline trains {sorted(TEACHER_ROWS)}"
+        )
+    return cls
+
+
+def registered_methods() -> list[str]:
+    from metakd.distill import DISTILLERS
+
+    return DISTILLERS.names()
+
+
+VARIANT_KEYS = ("method", "label", "teacher", "model", "data")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A student row of the main table: a registry method, or a config ``variants`` entry (a method with
+    its own teacher role, Student and data overrides and label)."""
+
+    name: str
+    method: str
+    label: str
+    teacher_role: str | None
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: Any = ()) -> RowSpec:
+    """The row ``name`` of ``methods``: a ``variants`` entry, else the registry method of that name. A
+    variant's ``teacher`` is a role, ``none``, or one of ``extra_teachers`` (the ablation study's)."""
+    variant = (variants or {}).get(name)
+    if variant is None:
+        entry = method_entry(name)
+        return RowSpec(name, name, entry.label, entry.teacher_role)
+    entry = method_entry(variant["method"])
+    role = variant.get("teacher", entry.teacher_role)
+    role = None if role in (None, "none") else role
+    if role is not None and role not in TEACHER_ROWS and role not in extra_teachers:
+        raise PipelineError(
+            f"variants.{name}.teacher must be one of {sorted(TEACHER_ROWS)}, none or an extra teacher "
+            f"({sorted(extra_teachers)}), got {role!r}"
+        )
+    return RowSpec(
+        name,
+        variant["method"],
+        str(variant.get("label", entry.label)),
+        role,
+        dict(variant.get("model") or {}),
+        dict(variant.get("data") or {}),
+    )
+
+
+def main_rows(
+    methods: list[str], variants: dict[str, Any] | None = None, extra_teachers: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """``(row key, label)`` of the main table: the teachers the rows need, then one row per entry of
+    ``methods``, labelled from the registry or the variant (``Student: <label> (<teacher>)``)."""
+    from metakd.distill import TEACHER_ROLES
+
+    extra_teachers = extra_teachers or {}
+    specs = [row_spec(method, variants, extra_teachers) for method in methods]
+    roles = {spec.teacher_role for spec in specs}
+    rows = [TEACHER_ROWS[role] for role in TEACHER_ROWS if role in roles]
+    for spec in specs:
+        label = f"Student: {spec.label}"
+        role = spec.teacher_role
+        if role is not None:
+            words = TEACHER_ROLES.get(role) or extra_teachers[role].get("label", role).removeprefix(
+                "Teacher: "
+            )
+            label += f" ({words})"
+        rows.append((f"student_{spec.name}", label))
+    return rows
+
+
+def is_staged(method: str) -> bool:
+    """The registry method trains stages before its last one (e.g. TinyBERT-KD's and Meta-KD's
+    intermediate stage): budget A gives it ``intermediate_epochs`` on top (see :func:`budget_overrides`)."""
+    try:
+        return len(method_entry(method)().stages()) > 1
+    except TypeError:  # a method without defaults for every argument: not one the budgets can tell
+        return False
 
 
 class PipelineError(RuntimeError):
@@ -277,7 +378,8 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("seeds", [42])
     config.setdefault("runs_dir", "runs/benchmark")
     config.setdefault("results_dir", "benchmarks/results")
-    config.setdefault("methods", list(METHODS))
+    config.setdefault("methods", list(DEFAULT_METHODS))
+    config.setdefault("variants", {})
     config.setdefault("in_process", False)
     config.setdefault("budgets", ["B"])
     config.setdefault("extra_teachers", {})
@@ -289,7 +391,6 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     return config
 
 
-TEACHER_ROLES = ("single", "mixed", "meta")  # teachers of the main study, named by a row's `teacher:`
 KEEP_CHECKPOINTS = ("all", "best", "none")
 
 
@@ -300,8 +401,27 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
     if unknown:
         raise PipelineError(f"{path}: unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
     methods = config["methods"]
-    if not isinstance(methods, list) or not methods or set(methods) - set(METHODS):
-        raise PipelineError(f"{path}: `methods` must be a non-empty list of {list(METHODS)}, got {methods!r}")
+    if not isinstance(methods, list) or not methods or len(set(methods)) != len(methods):
+        raise PipelineError(
+            f"{path}: `methods` must be a non-empty list of distinct method names, got {methods!r}"
+        )
+    variants = config.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise PipelineError(f"{path}: `variants` must be a mapping of row name -> {{method, label, ...}}")
+    for name, variant in variants.items():
+        if not isinstance(variant, dict) or "method" not in variant:
+            raise PipelineError(
+                f"{path}: variants.{name} must be a mapping with `method` (a registry method)"
+            )
+        unknown = sorted(set(variant) - set(VARIANT_KEYS))
+        if unknown:
+            raise PipelineError(
+                f"{path}: variants.{name} has unknown keys {unknown}; known: {list(VARIANT_KEYS)}"
+            )
+        if name in registered_methods():
+            raise PipelineError(
+                f"{path}: variants.{name} has the name of a registry method; pick another name"
+            )
     budgets = config["budgets"]
     if (
         not isinstance(budgets, list)
@@ -315,31 +435,17 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
     extra = config["extra_teachers"]
     if not isinstance(extra, dict) or any(not isinstance(v, dict) for v in extra.values()):
         raise PipelineError(f"{path}: `extra_teachers` maps a teacher name to its overrides of `teacher:`")
-    bad = [n for n in extra if "/" in n or n in TEACHER_ROLES or n.startswith("meta_without_")]
+    bad = [n for n in extra if "/" in n or n in TEACHER_ROWS or n == "none" or n.startswith("meta_without_")]
     if bad:
         raise PipelineError(
             f"{path}: extra teacher names {bad} clash with the pipeline's (no '/', not "
-            f"{list(TEACHER_ROLES)}, not meta_without_*)"
+            f"{sorted(TEACHER_ROWS)}, not none, not meta_without_*)"
         )
-    rows: set[str] = set()
-    for number, row in enumerate(config["ablations"], 1):
-        where = f"{path}: ablations[{number}]"
-        if not isinstance(row, dict) or not {"row", "method"} <= set(row):
-            raise PipelineError(f"{where} needs `row` (a name) and `method`; optional: label, teacher, model")
-        unknown_keys = set(row) - {"row", "label", "method", "teacher", "model", "trainer", "data"}
-        if unknown_keys:
-            raise PipelineError(f"{where}: unknown keys {sorted(unknown_keys)}")
-        if row["method"] not in METHODS:
-            raise PipelineError(f"{where}: method {row['method']!r} is not one of {list(METHODS)}")
-        teacher = row.get("teacher")
-        if teacher is not None and teacher not in (*TEACHER_ROLES, *extra):
+    for name in config["ablations"]:
+        if name not in variants and name not in registered_methods():
             raise PipelineError(
-                f"{where}: teacher {teacher!r} is neither one of {list(TEACHER_ROLES)} nor in "
-                "`extra_teachers`"
+                f"{path}: ablations names {name!r}, neither a `variants` entry nor a registry method"
             )
-        if "/" in row["row"] or row["row"] in rows or row["row"] in METHODS:
-            raise PipelineError(f"{where}: row {row['row']!r} must be unique, without '/', and not a method")
-        rows.add(row["row"])
     keep = config["keep_checkpoints"]
     if (
         not isinstance(keep, dict)
@@ -351,6 +457,11 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             f"{path}: `keep_checkpoints` maps teacher to all|best (students load its best.ckpt) and student "
             f"to all|best|none, got {keep!r}"
         )
+    for method in [*methods, *config["ablations"]]:
+        try:
+            row_spec(method, variants, extra)
+        except PipelineError as err:
+            raise PipelineError(f"{path}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,11 +493,6 @@ def student_cell_name(
     if budget == "A":
         method = f"{method}_budgetA"
     return f"student/{method}/{domain}"
-
-
-def is_staged(method: str) -> bool:
-    """The method trains an intermediate stage before the prediction stage (budget A adds its epochs)."""
-    return method in STAGED_METHODS
 
 
 def budget_overrides(config: dict[str, Any], budget: str) -> dict[str, Any]:
@@ -467,56 +573,47 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         return {"mixed": mixed_teacher, "meta": meta_teacher}.get(role, lambda: extra_teacher(role))()
 
     def student_cell(
-        method: str,
-        domain: str,
-        fraction: float | None = None,
-        budget: str | None = None,
-        teacher_role: str | None = None,
-        name: str | None = None,
-        extra: dict[str, Any] | None = None,
-        **info: Any,
+        method: str, domain: str, fraction: float | None = None, budget: str | None = None, **info: Any
     ) -> str:
-        data: dict[str, Any] = {"target_domain": domain}
-        name = name or student_cell_name(method, domain, fraction, budget)
+        """A student of the row ``method`` (a registry method or a ``variants`` entry); ``budget`` "A"
+        gives a staged method its own cell with the intermediate epochs on top."""
+        spec = row_spec(method, config.get("variants"), config["extra_teachers"])
+        staged_a = budget == "A" and is_staged(spec.method)
+        data: dict[str, Any] = {"target_domain": domain, **copy.deepcopy(spec.data)}
+        name = student_cell_name(method, domain, fraction, "A" if staged_a else None)
         if fraction is not None and fraction < 1.0:
             data["train_fraction"] = fraction
-        model: dict[str, Any] = {"distillation": method}
+        model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
         needs: list[str] = []
-        if teacher_role is not None:
-            needs = [teacher_of(teacher_role, domain)]
-        elif method == "none":
+        if spec.teacher_role is None:
             model["teacher_ckpt"] = None
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
-            source = {"vanilla": mixed_teacher, "meta": meta_teacher}.get(method)
-            needs = [source() if source else single_teacher(domain)]
-        info.setdefault("row", f"student_{method}")
+            needs = [teacher_of(spec.teacher_role, domain)]
+        info.setdefault("row", f"student_{method}" + ("@A" if staged_a else ""))
         if fraction is not None:
             info["train_fraction"] = fraction
-        if budget is not None:
-            info["budget"] = budget
+        if staged_a:
+            info["budget"] = "A"
         overrides = {"model": {"init_args": model}, "data": {"init_args": data}}
-        if budget is not None and is_staged(method):
-            overrides = deep_merge(budget_overrides(config, budget), overrides)
-        if extra:
-            overrides = deep_merge(overrides, extra)
-        return student(name, overrides, needs, domain=domain, method=method, **info)
+        if staged_a:
+            overrides = deep_merge(budget_overrides(config, "A"), overrides)
+        return student(name, overrides, needs, domain=domain, method=spec.method, **info)
 
     if "main" in studies:
-        methods = [m for m in METHODS if m in config.get("methods", METHODS)]
-        if "tinybert" in methods:  # the teachers of the chosen methods, each also a row of the table
+        methods = list(config.get("methods", DEFAULT_METHODS))
+        specs = [row_spec(m, config.get("variants"), config["extra_teachers"]) for m in methods]
+        roles = {spec.teacher_role for spec in specs}
+        if "single" in roles:  # the teachers of the chosen methods, each also a row of the table
             for domain in domains:
                 single_teacher(domain)
-        if "vanilla" in methods:
+        if "mixed" in roles:
             mixed_teacher()
-        if "meta" in methods:
+        if "meta" in roles:
             meta_teacher()
         for budget in config["budgets"]:
             for method in methods:
                 for domain in domains:
-                    if is_staged(method) and budget == "A":
-                        student_cell(method, domain, budget="A", row=f"student_{method}@A")
-                    else:
-                        student_cell(method, domain)
+                    student_cell(method, domain, budget=budget)
     if "scarcity" in studies:
         domain, methods, fractions = scarcity_settings(config)
         for method in methods:
@@ -546,21 +643,9 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
     if "ablation" in studies:
         for key in config["extra_teachers"]:
             extra_teacher(key)
-        budget = config["ablation_budget"]
-        for row in config["ablations"]:
-            method = row["method"]
-            extra = {k: row[k] for k in ("model", "trainer", "data") if k in row}
+        for method in config["ablations"]:
             for domain in domains:
-                student_cell(
-                    method,
-                    domain,
-                    budget=budget if is_staged(method) else None,
-                    teacher_role=row.get("teacher"),
-                    name=f"student/{row['row']}/{domain}",
-                    extra=extra,
-                    row=f"student_{row['row']}",
-                    study="ablation",
-                )
+                student_cell(method, domain, budget=config["ablation_budget"], study="ablation")
     ordered = [c for c in cells.values() if c.kind == "teacher"] + [
         c for c in cells.values() if c.kind == "student"
     ]
@@ -614,13 +699,6 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
 
 # --------------------------------------------------------------------------------------------------
 # running
-
-
-def write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(partial, path)
 
 
 @contextlib.contextmanager
@@ -872,39 +950,29 @@ def table_rows(config: dict[str, Any], planned: set[str]) -> list[Row]:
     """The rows of the main table (teachers, then students per budget) and of the ablation study, each
     with its cell per domain; a row whose cells are not planned (a method left out) is left out."""
     domains = list(config["domains"])
+    variants, extra = config.get("variants"), config["extra_teachers"]
     rows: list[Row] = []
+
+    def student_rows(names: list[str], budgets: list[str], study: str) -> None:
+        labels = dict(main_rows(names, variants, extra))
+        for name in names:
+            key, method = f"student_{name}", row_spec(name, variants, extra).method
+            for budget in budgets if is_staged(method) else [None]:
+                cells = {d: student_cell_name(name, d, budget=budget) for d in domains}
+                rows.append(Row(key + ("@A" if budget == "A" else ""), labels[key], "student", cells, budget,
+                                study, method))  # fmt: skip
+
     if "main" in config["studies"]:
-        for key, label in MAIN_ROWS:
+        for key, label in main_rows(list(config["methods"]), variants, extra):
             if key.startswith("teacher_"):
                 rows.append(Row(key, label, "teacher", {d: main_cell_name(key, d) for d in domains}))
-                continue
-            method = key.removeprefix("student_")
-            for budget in config["budgets"] if is_staged(method) else [None]:
-                if budget == "A":
-                    cells = {d: student_cell_name(method, d, budget="A") for d in domains}
-                    rows.append(Row(f"{key}@A", label, "student", cells, "A", method=method))
-                else:
-                    cells = {d: main_cell_name(key, d) for d in domains}
-                    rows.append(Row(key, label, "student", cells, budget, method=method))
+        student_rows(list(config["methods"]), list(config["budgets"]), "main")
     if "ablation" in config["studies"]:
-        for name, spec in config["extra_teachers"].items():
+        for name, spec in extra.items():
             label = spec.get("label", f"Teacher: {name}")
-            rows.append(
-                Row(
-                    f"teacher_{name}",
-                    label,
-                    "teacher",
-                    dict.fromkeys(domains, f"teacher/{name}"),
-                    study="ablation",
-                )
-            )
-        for spec in config["ablations"]:
-            budget = config["ablation_budget"] if is_staged(spec["method"]) else None
-            cells = {d: f"student/{spec['row']}/{d}" for d in domains}
-            label = spec.get("label", spec["row"])
-            rows.append(
-                Row(f"student_{spec['row']}", label, "student", cells, budget, "ablation", spec["method"])
-            )
+            cells = dict.fromkeys(domains, f"teacher/{name}")
+            rows.append(Row(f"teacher_{name}", label, "teacher", cells, study="ablation"))
+        student_rows(list(config["ablations"]), [config["ablation_budget"]], "ablation")
     return [row for row in rows if row.cells[domains[0]] in planned]
 
 
@@ -1034,7 +1102,8 @@ def budget_line(config: dict[str, Any]) -> str:
             else:
                 backbone = model.get("student_backbone", "minilm-l6")
                 size = f"{backbone} layers {model.get('student_layers', 'all')}"
-            text = f"{size}; {text}; stage 1 (tinybert/meta) {model.get('intermediate_epochs', '?')} epoch(s)"
+            epochs = model.get("intermediate_epochs", "?")
+            text = f"{size}; {text}; intermediate stage (two-stage methods) {epochs} epoch(s)"
         return text
 
     return f"teachers: {part('teacher')}. students: {part('student')}"
@@ -1258,8 +1327,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=list(METHODS),
-        help="override `methods`: the students of the main study (and the teachers they need)",
+        help="override `methods`: the students of the main study (and the teachers they need); names of the "
+        "metakd.distill registry (e.g. none vanilla tinybert meta)",
     )
     parser.add_argument(
         "--in-process",

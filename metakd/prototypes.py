@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.utils import atomic_torch_save
+
 log = logging.getLogger(__name__)
 
 PrototypePooling = Literal["masked_mean", "padded_mean_skip_cls"]
@@ -387,10 +389,8 @@ def load_or_compute_transferability(
         device=device,
     )
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"transferability": t, "prototypes": prototypes}, tmp)
-        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file
+        # atomic: concurrent ranks never read a half-written file
+        atomic_torch_save({"transferability": t, "prototypes": prototypes}, path)
         log.info("transferability scores cached in %s", path)
     return t, prototypes, False
 

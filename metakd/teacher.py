@@ -1,4 +1,4 @@
-"""The Meta-KD meta-teacher (Stage 1): one encoder trained on all domains mixed.
+"""The Meta-KD meta-teacher (teacher training): one encoder trained on all domains mixed.
 
 Heads on the encoder (docs/METAKD.md): a classifier on the [CLS] state, a domain embedding E (K x H),
 ``corrupt_dense`` (H -> H) and a domain classifier (H -> K):
@@ -63,6 +63,7 @@ from metakd.prototypes import (
     parse_transferability_scale,
     rescale_transferability,
 )
+from metakd.utils import adamw_param_groups
 from metakd.weighting import HeldoutRule, meta_instance_weights
 
 log = logging.getLogger(__name__)
@@ -605,17 +606,8 @@ class MetaTeacher(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_linear_schedule_with_warmup
 
-        decay, no_decay = [], []
-        for param in self.network.parameters():
-            if param.requires_grad:
-                (decay if param.ndim >= 2 else no_decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
-        )
+        groups = adamw_param_groups(self.network.named_parameters(), self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate)
         total = self.trainer.estimated_stepping_batches
         if not isinstance(total, int) and not float(total) < float("inf"):
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny encoder configs and a toy multi-domain datamodule (append, don't rewrite)."""
+"""Shared test helpers: tiny encoder configs, a toy multi-domain datamodule, tiny teachers and students,
+a user-defined student architecture and command-line runners."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from metakd.prototypes import masked_mean_pool
+from metakd.students import StudentModel, StudentOutput
 
 TINY_VOCAB = 30522  # the MiniLM tokenizer's vocabulary, so real tokenised text fits too
 
@@ -156,7 +160,7 @@ def tiny_trainer(**overrides: Any) -> pl.Trainer:
     return pl.Trainer(**kwargs)
 
 
-# --- student / export helpers (appended by the student engineer) ---------------------------------
+# --- student / export helpers ---------------------------------------------------------------------
 
 
 def tiny_student_config(**overrides: Any) -> dict[str, Any]:
@@ -262,3 +266,27 @@ def run_python(
 def run_metakd(*args: Any, **kwargs: Any):
     """Run ``python -m metakd ARGS`` offline (:func:`run_python`)."""
     return run_python("-m", "metakd", *args, **kwargs)
+
+
+# --- a user's own student architecture (no token states, no attention) -----------------------------
+
+
+class MeanPoolMLPStudent(StudentModel):
+    """A two-layer MLP over mean-pooled word embeddings: no hidden states, no attention maps."""
+
+    provides = frozenset({"pooled"})
+
+    def __init__(self, num_labels: int, vocab_size: int, pad_token_id: int = 0, dim: int = 16) -> None:
+        super().__init__()
+        self.embeddings = torch.nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
+        self.classifier = torch.nn.Linear(dim, num_labels)
+        self.dim = dim
+
+    @property
+    def hidden_size(self) -> int:
+        return self.dim
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, need=frozenset()) -> StudentOutput:
+        pooled = self.mlp(masked_mean_pool(self.embeddings(input_ids), attention_mask))
+        return StudentOutput(logits=self.classifier(pooled), pooled=pooled if "pooled" in need else None)

@@ -297,7 +297,7 @@ def fit_student(teacher_ckpt: str, dm: ToyMultiDomainDataModule, cache_dir: Path
     """One epoch of vanilla KD with a disk cache; the teacher-forward count and the cached logits."""
     student = tiny_student(teacher_ckpt, dm, distillation="vanilla", cache_dir=str(cache_dir))
     tiny_trainer(max_steps=-1, max_epochs=1).fit(student, datamodule=dm)
-    return student.teacher_forward_calls, student.cache.logits.clone()
+    return student.teacher_source.forward_calls, student.teacher_source.cache.logits.clone()
 
 
 def toy(**overrides: Any) -> ToyMultiDomainDataModule:

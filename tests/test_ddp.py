@@ -152,7 +152,8 @@ def fit_student(teacher_ckpt: str, devices: int, batch_size: int) -> dict[str, A
     teacher = model.teacher
     teacher_before = flat_params(teacher)
     initial = flat_params(model)
-    # stage "both": the classifier is unused in stage 1 and the projections in stage 2
+    # stage "both": the classifier is unused in the intermediate stage, the projections in the prediction
+    # stage
     trainer = make_trainer(devices, max_epochs=2, strategy="ddp_find_unused_parameters_true")
     trainer.fit(model, datamodule=data)
     teacher_ids = {id(p) for p in teacher.parameters()}
@@ -169,7 +170,7 @@ def fit_student(teacher_ckpt: str, devices: int, batch_size: int) -> dict[str, A
         "teacher_unchanged": torch.equal(teacher_before, flat_params(teacher)),
         "teacher_grads_none": all(p.grad is None for p in teacher.parameters()),
         "teacher_training": teacher.training,
-        "transferability": model.transferability.detach().cpu(),
+        "transferability": model.distiller.transferability.detach().cpu(),
     }
 
 

@@ -133,9 +133,51 @@ def test_methods_restrict_the_main_study_to_their_teachers_and_rows(tmp_path: Pa
     assert names == ["teacher/single/books", "teacher/single/dvd"] + [
         f"student/{m}/{d}" for m in ("none", "tinybert") for d in DOMAINS
     ]
-    for bad in (["meta", "distil"], []):
+    for bad in ([], ["meta", "meta"]):
         config["methods"] = bad
         with pytest.raises(pipeline.PipelineError, match="`methods` must be a non-empty list"):
+            pipeline.check_choices("bench.yaml", config)
+    config["methods"] = ["meta", "tinybret"]
+    with pytest.raises(pipeline.PipelineError, match="unknown method 'tinybret'.*did you mean 'tinybert'"):
+        pipeline.check_choices("bench.yaml", config)
+
+
+def test_variants_are_rows_of_a_method_with_their_own_teacher_overrides_and_label(tmp_path: Path) -> None:
+    config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path), quick=True)
+    config["studies"], config["methods"] = ["main"], ["none", "hot_kd"]
+    config["variants"] = {
+        "hot_kd": {
+            "method": "vanilla",
+            "teacher": "meta",
+            "label": "vanilla KD at T=4",
+            "model": {"temperature": 4.0},
+            "data": {"batch_size": 4},
+        },  # fmt: skip
+    }
+    pipeline.check_choices("bench.yaml", config)
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    assert list(cells) == ["teacher/meta"] + [f"student/{m}/{d}" for m in ("none", "hot_kd") for d in DOMAINS]
+    assert cells["student/hot_kd/books"].needs == ["teacher/meta"]
+    full = pipeline.cell_config(config, 1, cells["student/hot_kd/books"])
+    assert full["model"]["init_args"]["distillation"] == "vanilla"
+    assert full["model"]["init_args"]["temperature"] == 4.0
+    assert full["model"]["init_args"]["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert (
+        full["data"]["init_args"]["batch_size"] == 4 and full["data"]["init_args"]["target_domain"] == "books"
+    )
+    assert pipeline.main_rows(config["methods"], config["variants"]) == [
+        ("teacher_meta", "Teacher: meta-teacher"),
+        ("student_none", "Student: fine-tune, no KD"),
+        ("student_hot_kd", "Student: vanilla KD at T=4 (meta-teacher)"),
+    ]
+    for bad, message in (
+        ({"hot_kd": {"label": "no method"}}, "must be a mapping with `method`"),
+        ({"hot_kd": {"method": "vanilla", "teacher": "oracle"}}, "teacher must be one of"),
+        ({"hot_kd": {"method": "vanilla", "lr": 1}}, r"unknown keys \['lr'\]"),
+        ({"meta": {"method": "vanilla"}}, "the name of a registry method"),
+    ):
+        config["variants"] = bad
+        with pytest.raises(pipeline.PipelineError, match=message):
             pipeline.check_choices("bench.yaml", config)
 
 
@@ -222,7 +264,17 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     assert " done " in out and "failed" not in out.split("cells:")[0]
     summary = json.loads((tmp_path / "results" / "tiny_quick.json").read_text())
     markdown = (tmp_path / "results" / "tiny_quick.md").read_text()
-    for key, label in pipeline.MAIN_ROWS:
+    rows = pipeline.main_rows(list(pipeline.DEFAULT_METHODS))
+    assert rows == [  # read from the method registry; the labels of the committed tables
+        ("teacher_single", "Teacher: single-domain"),
+        ("teacher_mixed", "Teacher: mixed-domain"),
+        ("teacher_meta", "Teacher: meta-teacher"),
+        ("student_none", "Student: fine-tune, no KD"),
+        ("student_vanilla", "Student: vanilla KD (mixed teacher)"),
+        ("student_tinybert", "Student: TinyBERT-KD (single-domain teacher)"),
+        ("student_meta", "Student: Meta-KD (meta-teacher)"),
+    ]
+    for key, label in rows:
         row = summary["main"][key]
         assert all(row[d]["mean"] is not None for d in DOMAINS), key
         assert row["average"]["mean"] is not None

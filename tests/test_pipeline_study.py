@@ -80,16 +80,12 @@ def test_the_ablation_study_plans_extra_teachers_and_student_rows(tmp_path: Path
             "mtl": {"label": "Teacher: multi-task", "model": {"class_path": "metakd.MultiTaskTeacher"}},
             "no_dl": {"model": {"init_args": {"domain_loss": "none"}}},
         },
-        ablations=[
-            {
-                "row": "no_tk",
-                "label": "no TK",
-                "method": "meta",
-                "model": {"init_args": {"use_transferable": False}},
-            },
-            {"row": "mtl_tinybert", "method": "tinybert", "teacher": "mtl"},
-            {"row": "from_mixed", "method": "meta", "teacher": "mixed"},
-        ],
+        variants={
+            "no_tk": {"method": "meta", "label": "no TK", "model": {"use_transferable": False}},
+            "mtl_vanilla": {"method": "vanilla", "teacher": "mtl"},
+            "from_mixed": {"method": "meta", "teacher": "mixed"},
+        },
+        ablations=["no_tk", "mtl_vanilla", "from_mixed"],
         ablation_budget="A",
     )
     cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
@@ -99,22 +95,24 @@ def test_the_ablation_study_plans_extra_teachers_and_student_rows(tmp_path: Path
         "teacher/meta",
         "teacher/mixed",
     ]
-    no_tk = pipeline.cell_config(config, 1, cells["student/no_tk/books"])
+    no_tk = pipeline.cell_config(config, 1, cells["student/no_tk_budgetA/books"])
     assert no_tk["model"]["init_args"]["use_transferable"] is False
     assert no_tk["model"]["init_args"]["distillation"] == "meta"
     assert no_tk["model"]["init_args"]["teacher_ckpt"].endswith("1/teacher/meta/checkpoints/best.ckpt")
     assert no_tk["trainer"]["max_epochs"] == 4  # ablation_budget A for a staged method
-    mtl = pipeline.cell_config(config, 1, cells["student/mtl_tinybert/dvd"])
+    mtl = pipeline.cell_config(config, 1, cells["student/mtl_vanilla/dvd"])  # not staged: no budget suffix
     assert mtl["model"]["init_args"]["teacher_ckpt"].endswith("1/teacher/mtl/checkpoints/best.ckpt")
-    assert cells["student/from_mixed/dvd"].needs == ["teacher/mixed"]
+    assert mtl["trainer"]["max_epochs"] == 3
+    assert cells["student/from_mixed_budgetA/dvd"].needs == ["teacher/mixed"]
     teacher = pipeline.cell_config(config, 1, cells["teacher/mtl"])
     assert teacher["model"]["class_path"] == "metakd.MultiTaskTeacher" and "label" not in teacher
     rows = {r.key: r for r in pipeline.table_rows(config, set(cells))}
-    assert (
-        rows["teacher_mtl"].label == "Teacher: multi-task" and rows["teacher_no_dl"].label == "Teacher: no_dl"
-    )
-    assert rows["student_no_tk"].label == "no TK" and rows["student_no_tk"].study == "ablation"
-    assert rows["student_mtl_tinybert"].cells == {d: f"student/mtl_tinybert/{d}" for d in ("books", "dvd")}
+    assert rows["teacher_mtl"].label == "Teacher: multi-task"
+    assert rows["teacher_no_dl"].label == "Teacher: no_dl"
+    assert rows["student_no_tk@A"].label == "Student: no TK (meta-teacher)"
+    assert rows["student_no_tk@A"].study == "ablation" and rows["student_no_tk@A"].method == "meta"
+    assert rows["student_mtl_vanilla"].label == "Student: vanilla KD (multi-task)"
+    assert rows["student_mtl_vanilla"].cells == {d: f"student/mtl_vanilla/{d}" for d in ("books", "dvd")}
 
 
 @pytest.mark.parametrize(
@@ -123,10 +121,9 @@ def test_the_ablation_study_plans_extra_teachers_and_student_rows(tmp_path: Path
         ({"budgets": ["C"]}, "`budgets` must be"),
         ({"budgets": ["A", "A"]}, "`budgets` must be"),
         ({"extra_teachers": {"mixed": {}}}, "clash"),
-        ({"ablations": [{"row": "x"}]}, "needs `row`"),
-        ({"ablations": [{"row": "x", "method": "meta", "teacher": "nope"}]}, "neither one of"),
-        ({"ablations": [{"row": "x", "method": "meta", "lr": 1}]}, "unknown keys"),
-        ({"ablations": [{"row": "meta", "method": "meta"}]}, "must be unique"),
+        ({"extra_teachers": {"none": {}}}, "clash"),
+        ({"ablations": ["nope"]}, "neither a `variants` entry nor a registry method"),
+        ({"variants": {"x": {"method": "meta", "teacher": "nope"}}, "ablations": ["x"]}, "an extra teacher"),
         ({"keep_checkpoints": {"teacher": "none"}}, "keep_checkpoints"),
         ({"studies": ["main", "extra"]}, "unknown studies"),
     ],

@@ -9,7 +9,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import ToyMultiDomainDataModule, pad_collate, tiny_teacher, tiny_trainer
+from helpers import ToyMultiDomainDataModule, pad_collate, tiny_student, tiny_teacher, tiny_trainer
 
 from metakd import prototypes as P
 from metakd.pipeline import PredictionsWriter, read_predictions
@@ -163,3 +163,21 @@ def test_test_step_rows_become_the_predictions_file(cls, tmp_path) -> None:
     accuracy = sum(r["pred"] == r["label"] for r in rows) / len(rows)
     assert accuracy == pytest.approx(metrics["test/acc"])
     json.dumps(rows)  # plain JSON
+
+
+def test_students_distil_from_a_multi_task_teacher_checkpoint(tmp_path) -> None:
+    from metakd.errors import StudentConfigError
+
+    dm = ToyMultiDomainDataModule(backbone="minilm-l6")
+    trainer = tiny_trainer(max_steps=1)
+    trainer.fit(tiny_teacher(dm, teacher_class=MultiTaskTeacher), dm)  # MiniLM's tokenizer, as the data's
+    path = str(tmp_path / "mtl.ckpt")
+    trainer.save_checkpoint(path)
+    target = ToyMultiDomainDataModule(backbone="minilm-l6", target_domain="dom1")
+    for method in ("vanilla", "tinybert"):  # logits; layers and logits
+        student = tiny_student(path, target, distillation=method, intermediate_epochs=1)
+        run = tiny_trainer(max_epochs=2, max_steps=-1, limit_train_batches=1)
+        run.fit(student, target)
+        assert run.global_step == 2, method
+    with pytest.raises(StudentConfigError, match="transferable"):  # Meta-KD's L_tk needs g
+        tiny_student(path, target, distillation="meta")

@@ -1,0 +1,301 @@
+"""The student-architecture contract: one output dataclass, declared features, build/rebuild/export.
+
+A distillation method reads a student only through :class:`StudentOutput` (TextBrewer's adaptor idea,
+HF's output dataclasses): ``logits`` always, and ``hidden_states``, ``attentions``, ``pooled``,
+``exit_logits`` where the architecture has them. An architecture declares what it can return in
+``provides``; a method whose loss terms need a feature the student lacks is refused when the Student is
+built, with an error that names both.
+
+Writing a new architecture (one file, e.g. ``metakd/students/bilstm.py``)::
+
+    @STUDENTS.register("bilstm")
+    class BiLSTMStudent(StudentModel):
+        provides = frozenset({"hidden", "pooled"})
+
+        def __init__(self, num_labels: int, vocab_size: int, hidden_size: int = 128) -> None:
+            super().__init__()
+            ...
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, need=frozenset()):
+            ...
+            return StudentOutput(logits=..., hidden_states=(...,), pooled=...)
+
+and use it from YAML: ``model.init_args.student_model: {class_path: bilstm, init_args: {...}}`` (a
+registered name or a dotted class path). Constructor arguments named like a field of
+:class:`StudentContext` (``num_labels``, ``label_names``, ``vocab_size``, ``pad_token_id``,
+``tokenizer_name``) are filled from the data; the rest come from ``init_args``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from metakd.errors import StudentConfigError
+from metakd.utils import Registry
+
+FEATURES: frozenset[str] = frozenset({"hidden", "attention", "pooled", "exit_logits"})
+"""Features a student may provide besides ``logits`` (the :class:`StudentOutput` fields)."""
+
+EXPORT_FILE = "metakd_student.json"
+"""The file that marks an exported non-HF student directory (architecture, labels, format)."""
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class StudentOutput:
+    """What every student returns (fields left None are features the student does not provide).
+
+    Attributes:
+        logits: (B, C) classifier output.
+        hidden_states: per layer (B, T, H) token states, HF convention: index 0 is the embedding
+            output, index m the output of layer m.
+        attentions: per layer (B, heads, T, T) attention probabilities.
+        pooled: (B, H) one vector per sentence (for a BERT student: the masked mean of the last layer).
+        exit_logits: per exit branch (B, C) logits (early-exit students).
+    """
+
+    logits: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    pooled: Tensor | None = None
+    exit_logits: tuple[Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StudentContext:
+    """What the data tell an architecture: labels and tokenizer."""
+
+    num_labels: int
+    label_names: tuple[str, ...]
+    tokenizer_name: str
+    vocab_size: int
+    pad_token_id: int
+
+
+STUDENTS: Registry[type[StudentModel]] = Registry("student architecture")
+"""Student architectures by name (``students/*.py`` register themselves; a dotted path works too)."""
+
+
+class StudentModel(nn.Module):
+    """Base class of student architectures (a plain ``nn.Module``; the Lightning system wires it).
+
+    Subclasses set ``provides`` and implement :meth:`forward`; ``num_layers`` / ``hidden_size`` describe
+    the ``hidden_states`` for layer maps (None when the student has none).
+    """
+
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.init_args: dict[str, Any] = {}  # filled by build_student: how to rebuild the architecture
+
+    @property
+    def num_layers(self) -> int | None:
+        """Layers of ``hidden_states`` beyond the embeddings (None: no token states)."""
+        return None
+
+    @property
+    def hidden_size(self) -> int | None:
+        """Width of ``hidden_states`` / ``pooled`` (None: neither)."""
+        return None
+
+    def prepare(self, need: frozenset[str]) -> None:
+        """Called once with every feature the method will ask for (e.g. switch to eager attention)."""
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        need: frozenset[str] = frozenset(),
+    ) -> StudentOutput:  # pragma: no cover - abstract
+        """Logits, plus the features in ``need`` (a subset of ``provides``)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------------
+    # checkpoint and export
+
+    def payload(self) -> dict[str, Any]:
+        """JSON-able data that rebuild the architecture (not the weights): stored in checkpoints."""
+        return {"class_path": class_path(type(self)), "init_args": dict(self.init_args)}
+
+    @classmethod
+    def rebuild(cls, payload: dict[str, Any]) -> StudentModel:
+        """A fresh model (random weights) from :meth:`payload`; load the state dict after."""
+        model = cls(**payload["init_args"])
+        model.init_args = dict(payload["init_args"])
+        return model
+
+    def save_exported(self, out_dir: Path, label_names: list[str]) -> None:
+        """Write an inference directory: ``metakd_student.json`` and ``model.safetensors`` (the HF student
+        writes a plain HF model directory instead). The tokenizer is saved beside it by the exporter."""
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out_dir / WEIGHTS_FILE))
+        meta = {"format": 1, **self.payload(), "label_names": list(label_names)}
+        (out_dir / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def student_class(name: str) -> type[StudentModel]:
+    """A registered architecture name or a dotted class path, checked to be a :class:`StudentModel`."""
+    import metakd.students  # noqa: F401  (registers the built-in architectures)
+
+    try:
+        cls = STUDENTS.get(name)
+    except KeyError as err:
+        raise StudentConfigError(f"model.student_model.class_path: {err.args[0]}") from None
+    if not (inspect.isclass(cls) and issubclass(cls, StudentModel)):
+        raise StudentConfigError(
+            f"model.student_model.class_path {name!r} is {cls!r}, not a metakd.students.StudentModel subclass"
+        )
+    return cls
+
+
+def build_student(spec: dict[str, Any], context: StudentContext) -> StudentModel:
+    """Instantiate ``{class_path, init_args}``, filling constructor arguments named like a
+    :class:`StudentContext` field from the data."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise StudentConfigError(
+            f"model.student_model must be a mapping with class_path (and init_args), got {spec!r}"
+        )
+    unknown = sorted(set(spec) - {"class_path", "init_args"})
+    if unknown:
+        raise StudentConfigError(
+            f"model.student_model has unknown keys {unknown}; expected class_path, init_args"
+        )
+    cls = student_class(str(spec["class_path"]))
+    init_args = dict(spec.get("init_args") or {})
+    parameters = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for field in fields(StudentContext):
+        if field.name in parameters and field.name not in init_args:
+            value = getattr(context, field.name)
+            init_args[field.name] = list(value) if isinstance(value, tuple) else value
+    if not takes_any:
+        extra = sorted(set(init_args) - set(parameters))
+        if extra:
+            raise StudentConfigError(
+                f"model.student_model.init_args: {cls.__name__} takes no {extra}; its arguments: "
+                f"{sorted(p for p in parameters if p != 'self')}"
+            )
+    try:
+        model = cls(**init_args)
+    except TypeError as err:
+        raise StudentConfigError(f"model.student_model: cannot build {cls.__name__}: {err}") from err
+    model.init_args = init_args
+    return model
+
+
+def rebuild_student(payload: dict[str, Any]) -> StudentModel:
+    """The architecture a checkpoint or export recorded (random weights)."""
+    return student_class(payload["class_path"]).rebuild(payload)
+
+
+class LogitsOnly(nn.Module):
+    """``(input_ids, attention_mask, token_type_ids) -> logits`` of a StudentModel or an HF classifier:
+    what ONNX export traces and what the export checks compare."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        if isinstance(self.model, StudentModel):
+            return self.model(input_ids, attention_mask, token_type_ids).logits
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+
+def logits_only(model: nn.Module) -> nn.Module:
+    return LogitsOnly(model)
+
+
+@torch.no_grad()
+def load_exported(directory: str | Path) -> tuple[nn.Module, Any, list[str]]:
+    """``(model, tokenizer, label_names)`` from an exported student directory: a metakd directory
+    (``metakd_student.json``) or a plain HF one. The model returns a :class:`StudentOutput` for a metakd
+    directory and an HF output for an HF one (both have ``.logits``)."""
+    from metakd.backbones import load_tokenizer
+
+    directory = Path(directory)
+    tokenizer = load_tokenizer(str(directory))
+    meta_path = directory / EXPORT_FILE
+    if meta_path.is_file():
+        from safetensors.torch import load_file
+
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        model = rebuild_student(meta)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.eval(), tokenizer, list(meta["label_names"])
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return model, tokenizer, labels
+
+
+CHECKPOINT_FORMAT = 2
+"""``metakd_student`` payload format; 1 (before the method registry) held an HF config only, and export
+still reads it."""
+
+
+def checkpoint_payload(
+    model: StudentModel, label_names: list[str], tokenizer_name: str, target_domain: str | None, method: str
+) -> dict[str, Any]:
+    """The ``metakd_student`` entry of a Student checkpoint: how to rebuild and serve the architecture."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "student_class": class_path(type(model)),
+        "student": model.payload(),
+        "label_names": list(label_names),
+        "tokenizer_name": tokenizer_name,
+        "target_domain": target_domain,
+        "distillation": method,
+    }
+    if "hf_config" in payload["student"]:
+        payload["hf_config"] = payload["student"]["hf_config"]  # what format-1 readers look for
+    return payload
+
+
+def student_from_arguments(
+    spec: dict[str, Any] | None,
+    backbone: str,
+    layers: list[int] | int | None,
+    config: dict[str, Any] | None,
+    label_names: list[str],
+    tokenizer_name: str,
+) -> StudentModel:
+    """The Student's architecture: ``spec`` (``student_model``), else the BERT student of ``backbone`` /
+    ``layers`` / ``config``."""
+    from metakd.backbones import load_tokenizer
+    from metakd.students.hf import HFStudent
+
+    if spec is None:
+        model = HFStudent(len(label_names), label_names, tokenizer_name, backbone, layers, config)
+        model.init_args = {"backbone": backbone, "layers": layers, "config": config}
+        return model
+    if layers is not None or config is not None:
+        raise StudentConfigError("give model.student_model or student_layers / student_config, not both")
+    tokenizer = load_tokenizer(tokenizer_name)
+    context = StudentContext(
+        num_labels=len(label_names),
+        label_names=tuple(label_names),
+        tokenizer_name=tokenizer_name,
+        vocab_size=len(tokenizer),
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+    )
+    return build_student(spec, context)
