@@ -182,8 +182,9 @@ def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = No
     return path
 
 
-def tiny_teacher(datamodule: Any, **overrides: Any) -> Any:
-    """A MetaTeacher with the tiny random encoder for ``datamodule``'s labels and domains (no t_i cache)."""
+def tiny_teacher(datamodule: Any, teacher_class: Any = None, **overrides: Any) -> Any:
+    """A MetaTeacher (or ``teacher_class``) with the tiny random encoder for ``datamodule``'s labels and
+    domains (no t_i cache)."""
     from metakd.teacher import MetaTeacher
 
     kwargs: dict[str, Any] = {
@@ -196,7 +197,7 @@ def tiny_teacher(datamodule: Any, **overrides: Any) -> Any:
         "transferability_cache": False,
     }
     kwargs.update(overrides)
-    return MetaTeacher(**kwargs)
+    return (teacher_class or MetaTeacher)(**kwargs)
 
 
 def tiny_student(teacher_ckpt: str | None, datamodule: Any, **overrides: Any) -> Any:

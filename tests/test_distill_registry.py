@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -76,6 +77,23 @@ def test_meta_kd_weight_switches(teacher_ckpt: str) -> None:
         step = StepContext(batch, None, TeacherOutputs(logits=logits), {})
         torch.testing.assert_close(method.instance_weights(step), weights)
     assert DISTILLERS.get("meta")(instance_weighting=False).instance_weights(step) is None
+
+
+def test_meta_kd_rescales_t_before_weighting() -> None:
+    """transferability_scale: t_i rescaled over the training split (as the teacher option), then 1 + t_i."""
+    t = torch.tensor([0.2, -0.1, 0.6, float("nan")])
+    teacher = SimpleNamespace(transferability=lambda datamodule: t)
+    weighted = [SimpleNamespace(weighted=True)]
+    method = DISTILLERS.get("meta")(transferability_scale="mean1")
+    method.setup(teacher, None, weighted)
+    expected = torch.tensor([0.2 / (0.8 / 3), 0.0, 0.6 / (0.8 / 3)])  # max(t, 0) / mean(max(t, 0))
+    torch.testing.assert_close(method.transferability[:3], expected)
+    assert torch.isnan(method.transferability[3])
+    plain = DISTILLERS.get("meta")()
+    plain.setup(teacher, None, weighted)
+    torch.testing.assert_close(plain.transferability, t, equal_nan=True)  # "none": the scores as they are
+    with pytest.raises(StudentConfigError, match="transferability_scale must be"):
+        DISTILLERS.get("meta")(transferability_scale="loud")
 
 
 # ------------------------------------------------------------------------ a student without token states
