@@ -118,7 +118,10 @@ class MetaKD(TinyBERTKD):
 
     Switches (ablations of one objective): ``instance_weighting`` (both factors),
     ``transferability_weights`` (the ``1 + t_i`` factor), ``expertise_weights`` (the ``sigma_i``
-    factor), ``use_transferable`` (the ``L_tk`` term).
+    factor), ``use_transferable`` (the ``L_tk`` term). ``prediction_weighting`` (off in the paper)
+    weights the prediction stage by the same ``w_i``: with ``stage: prediction`` it is Meta-KD for a
+    student without token states or attention maps (BiLSTM, TextCNN, pQRNN), whose intermediate
+    stage cannot run.
     """
 
     label = "Meta-KD"
@@ -138,6 +141,7 @@ class MetaKD(TinyBERTKD):
         use_transferable: bool = True,
         transferability_weights: bool = True,
         expertise_weights: bool = True,
+        prediction_weighting: bool = False,
     ) -> None:
         super().__init__(
             matches,
@@ -153,7 +157,13 @@ class MetaKD(TinyBERTKD):
         self.transferable_weight = lambda_tk if use_transferable else 0.0
         self.weight_transferability = instance_weighting and transferability_weights
         self.weight_expertise = instance_weighting and expertise_weights
+        self.prediction_weighting = prediction_weighting
         self.transferability: Tensor | None = None
+
+    def stages(self) -> list[Stage]:
+        stages = super().stages()
+        stages[-1].weighted = self.prediction_weighting
+        return stages
 
     def setup(self, teacher: Any, datamodule: Any, stages: list[Stage], device: Any = None) -> None:
         """Read t_i once (by ``example_ids``) when a weighted stage will run with the t_i factor."""
