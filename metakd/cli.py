@@ -229,6 +229,7 @@ EXTRA_COMMANDS = {
     "export": "metakd.export",
     "sweep": "metakd.sweep",
     "pipeline": "metakd.pipeline",
+    "classify": "metakd.classify",
 }
 
 

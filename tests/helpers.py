@@ -267,6 +267,26 @@ def run_metakd(*args: Any, **kwargs: Any):
     return run_python("-m", "metakd", *args, **kwargs)
 
 
+# --- a tiny labelled corpus --------------------------------------------------------------------------
+
+TOY_WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
+
+
+def write_toy_corpus(path: Any, domains: tuple[str, ...] = ("books", "dvd"), per_domain: int = 40) -> Any:
+    """A JSONL corpus of reviews ``"the <domain> is <three words>"`` whose words give the label (``pos`` /
+    ``neg``, alternating); returns ``path``."""
+    import json
+
+    lines = []
+    for domain in domains:
+        for i in range(per_domain):
+            label = "pos" if i % 2 else "neg"
+            words = " ".join(TOY_WORDS[label][(i + k) % 4] for k in range(3))
+            lines.append(json.dumps({"text": f"the {domain} is {words}", "label": label, "domain": domain}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 # --- a user's own student architecture (no token states, no attention) -----------------------------
 
 

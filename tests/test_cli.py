@@ -4,14 +4,12 @@ best`, one teacher checkpoint serving a student per domain, `export`, and a pred
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
+from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config, write_toy_corpus
 
-WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 TRAINER = {
     "accelerator": "cpu",
     "devices": 1,
@@ -27,13 +25,7 @@ TRAINER = {
 def workdir(tmp_path_factory) -> Path:
     """A tiny 2-domain corpus (labels given as names, label set inferred) and tiny configs."""
     directory = tmp_path_factory.mktemp("cli")
-    lines = []
-    for domain in ("books", "dvd"):
-        for i in range(40):
-            label = "pos" if i % 2 else "neg"
-            words = " ".join(WORDS[label][(i + k) % 4] for k in range(3))
-            lines.append(json.dumps({"text": f"the {domain} is {words}", "label": label, "domain": domain}))
-    (directory / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_toy_corpus(directory / "corpus.jsonl")
     data = {
         "class_path": "datamodules.JsonlDataModule",
         "init_args": {
