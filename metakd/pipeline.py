@@ -342,8 +342,8 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
         needs: list[str] = []
         role = spec.teacher_role
-        if role is None:
-            model["teacher_ckpt"] = None
+        if role is None:  # no pipeline teacher; a variant may name a fixed checkpoint of its own
+            model.setdefault("teacher_ckpt", None)
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
             needs = [single_teacher(domain) if role == "single" else teacher_of_role[role]()]
         info.setdefault("row", f"student_{method}")
