@@ -370,3 +370,23 @@ def test_classify_refuses_what_is_not_an_export(tmp_path: Path) -> None:
     assert "is not an exported student" in result.stderr and "metakd_student.json" in result.stderr
     result = run_metakd("classify", "--model", tmp_path / "missing", cwd=REPO, check=False)
     assert result.returncode == 2 and "no text to classify" in result.stderr
+
+
+def test_the_tiny_students_pipeline_config_plans_rows_with_a_fixed_teacher() -> None:
+    from metakd import pipeline
+
+    config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "tiny_students.yaml")
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    assert not [name for name, cell in cells.items() if cell.kind == "teacher"]  # the teacher is fixed
+    kd = pipeline.cell_config(config, 2, cells["student/textcnn_pc128_tang/dvd"])["model"]["init_args"]
+    assert kd["teacher_ckpt"] == "/work/runs/tiny/teacher_m64/best.ckpt" and kd["distillation"] == "tang"
+    assert kd["student_model"]["init_args"] == {"embedding_dim": 128, "filters": 100}
+    plain = pipeline.cell_config(config, 2, cells["student/textcnn_pc128_none/dvd"])["model"]["init_args"]
+    assert plain["teacher_ckpt"] is None and plain["distillation"] == "none"
+    # the Meta-KD row (declared, not in `methods`) needs the pipeline's meta-teacher
+    config["methods"] = ["textcnn_pc128_meta"]
+    (teacher, student, *_) = pipeline.plan_cells(config)
+    assert teacher.name == "teacher/meta" and student.needs == ["teacher/meta"]
+    options = pipeline.cell_config(config, 1, student)["model"]["init_args"]
+    assert options["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert options["distillation_options"] == {"prediction_weighting": True}
