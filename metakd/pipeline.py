@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from metakd.errors import MetakdError, main_with_boundary
 from metakd.utils import write_json
 
 try:  # the callback needs Lightning; the rest of the module does not
@@ -139,7 +140,7 @@ def main_rows(methods: list[str], variants: dict[str, Any] | None = None) -> lis
     return rows
 
 
-class PipelineError(RuntimeError):
+class PipelineError(MetakdError, RuntimeError):
     """A bad pipeline configuration."""
 
 
@@ -935,4 +936,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_boundary(main)())

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from metakd.backbones import DEFAULT_BACKBONE, BackboneError, load_encoder
+from metakd.errors import ConfigError, MetakdError
 from metakd.losses import (
     domain_corruption_targets,
     per_instance_cross_entropy,
@@ -58,6 +59,7 @@ from metakd.losses import (
 )
 from metakd.prototypes import PrototypePooling, load_or_compute_transferability, masked_mean_pool
 from metakd.utils import adamw_param_groups
+from metakd.validation import check_teacher_options
 from metakd.weighting import HeldoutRule, meta_instance_weights
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,12 @@ IDENTITY_HPARAMS = ("backbone", "num_domains", "num_labels", "domain_names", "la
 IDENTITY_KEY = "metakd_teacher_identity"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(MetakdError, ValueError):
     """A checkpoint trained for another backbone, domain set or label set."""
+
+
+class NonFiniteLossError(MetakdError, FloatingPointError):
+    """A NaN or infinite training loss; the message names the step and the batch's example_ids."""
 
 
 @dataclass
@@ -119,7 +125,7 @@ def build_encoder(
                 encoder = load_encoder(backbone, **kwargs)
     except (ValueError, ImportError) as err:
         if attn_implementation == "eager" and not isinstance(err, BackboneError):
-            raise ValueError(
+            raise ConfigError(
                 f"backbone {backbone!r} cannot be built with attn_implementation='eager', which the meta "
                 f"weighting (a double backward through attention) needs: {err}. Use weighting 'prototype' "
                 "or 'none' with this backbone."
@@ -313,15 +319,15 @@ class MetaTeacher(pl.LightningModule):
         _check_choice("domain_loss", domain_loss, DomainLoss)
         _check_choice("meta_heldout", meta_heldout, HeldoutRule)
         if num_labels < 2 or num_domains < 1:
-            raise ValueError(f"need num_labels >= 2 and num_domains >= 1, got {num_labels} and {num_domains}")
+            raise ConfigError(
+                f"need num_labels >= 2 and num_domains >= 1, got {num_labels} and {num_domains}"
+            )
         for name, names, n in (
             ("domain_names", domain_names, num_domains),
             ("label_names", label_names, num_labels),
         ):
             if names is not None and len(names) != n:
-                raise ValueError(f"{name} has {len(names)} entries ({names}) but the model has {n}")
-        if meta_every_n_steps < 1:
-            raise ValueError(f"meta_every_n_steps must be >= 1, got {meta_every_n_steps}")
+                raise ConfigError(f"{name} has {len(names)} entries ({names}) but the model has {n}")
         if "meta" in weighting and attn_implementation not in (None, "eager"):
             warnings.warn(
                 f"weighting={weighting!r} needs eager attention (sdpa has no double backward); "
@@ -332,12 +338,13 @@ class MetaTeacher(pl.LightningModule):
         # different values (e.g. a datamodule's label_names=None that it infers later); the hparams still
         # go into every checkpoint, and LightningCLI saves the full config.yaml.
         self.save_hyperparameters(logger=False)
+        check_teacher_options(**self.hparams)  # learning rates, weights, ratios: ConfigError naming the key
         self.automatic_optimization = False
 
         attn = "eager" if "meta" in weighting else attn_implementation
         encoder = build_encoder(backbone, encoder_config, attn)
         if attn == "eager" and _attn_implementation(encoder) not in (None, "eager"):
-            raise ValueError(
+            raise ConfigError(
                 f"backbone {backbone!r} came up with attention {_attn_implementation(encoder)!r} instead of "
                 f"'eager', which weighting={weighting!r} needs"
             )
@@ -413,12 +420,17 @@ class MetaTeacher(pl.LightningModule):
         """Compute (or reuse) the transferability scores t_i before the first step."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "split_fingerprint"):
-            raise ValueError(
+            raise ConfigError(
                 "MetaTeacher needs a LightningDataModule following docs/ARCHITECTURE.md (split_fingerprint, "
                 "num_pooled_train, train_eval_dataloader); pass it with trainer.fit(model, datamodule=...)"
             )
         self._heldout_iterator = None
         fingerprint, num_examples = datamodule.split_fingerprint, int(datamodule.num_pooled_train)
+        if getattr(datamodule, "num_train_ids", None) not in (None, num_examples):
+            raise ValueError(
+                "MetaTeacher trains on the pooled training split; data.init_args.augment (augmented "
+                "examples) is for students: remove it from the teacher's data config"
+            )
         wanted = self._wanted_transferability_options()
         if (
             self.split_fingerprint == fingerprint
@@ -442,7 +454,7 @@ class MetaTeacher(pl.LightningModule):
         if self._restored_from_checkpoint:
             # The weights are fine-tuned: the prototypes need the pre-trained encoder again.
             if hp.encoder_config is not None:
-                raise ValueError(
+                raise ConfigError(
                     "cannot compute transferability scores for this data: the checkpoint's encoder was a "
                     "fresh random initialisation (encoder_config), whose initial weights are gone, and its "
                     f"stored scores are for split_fingerprint {self.split_fingerprint!r}, not "
@@ -553,7 +565,7 @@ class MetaTeacher(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate)
         total = self.trainer.estimated_stepping_batches
         if not isinstance(total, int) and not float(total) < float("inf"):
-            raise ValueError(
+            raise ConfigError(
                 "the linear schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
             )
         total = int(total)
@@ -589,7 +601,7 @@ class MetaTeacher(pl.LightningModule):
     def _next_heldout_batch(self) -> dict[str, Tensor]:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            raise ValueError("meta weighting draws its held-out batch from the datamodule's training split")
+            raise ConfigError("meta weighting draws its held-out batch from the datamodule's training split")
         for _ in range(2):
             if self._heldout_iterator is None:
                 self._heldout_iterator = iter(datamodule.train_dataloader())
@@ -598,7 +610,9 @@ class MetaTeacher(pl.LightningModule):
                 return {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
             except StopIteration:
                 self._heldout_iterator = None
-        raise ValueError("the datamodule's train_dataloader() is empty: no held-out batch for meta weighting")
+        raise ConfigError(
+            "the datamodule's train_dataloader() is empty: no held-out batch for meta weighting"
+        )
 
     def _meta_weights(self, batch: dict[str, Tensor], domain_targets: Tensor | None) -> Tensor:
         hp = self.hparams
@@ -646,7 +660,7 @@ class MetaTeacher(pl.LightningModule):
         return weights.detach()
 
     def _raise_not_finite(self, what: str, value: Tensor, batch: dict[str, Tensor], batch_idx: int) -> None:
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"{what} is {value.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
             f"{batch_idx}); example_ids of the batch: {batch['example_ids'].tolist()}. Lower the learning "
             "rate, check these examples, or keep fp32."
@@ -744,4 +758,4 @@ class MetaTeacher(pl.LightningModule):
 def _check_choice(name: str, value: Any, choices: Any) -> None:
     allowed = choices.__args__
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config, write_toy_corpus
+from helpers import (
+    REPO,
+    run_metakd,
+    stderr_lines,
+    tiny_encoder_config,
+    tiny_student_config,
+    write_tiny_corpus,
+)
 
 TRAINER = {
     "accelerator": "cpu",
@@ -25,7 +32,7 @@ TRAINER = {
 def workdir(tmp_path_factory) -> Path:
     """A tiny 2-domain corpus (labels given as names, label set inferred) and tiny configs."""
     directory = tmp_path_factory.mktemp("cli")
-    write_toy_corpus(directory / "corpus.jsonl")
+    write_tiny_corpus(directory / "corpus.jsonl", per_domain=40)
     data = {
         "class_path": "datamodules.JsonlDataModule",
         "init_args": {
@@ -146,9 +153,9 @@ def test_model_and_data_target_domain_must_agree(workdir: Path) -> None:
         cwd=workdir,
         check=False,
     )
-    assert result.returncode != 0
-    assert "model.init_args.target_domain is 'dvd' but data.init_args.target_domain is 'books'" in (
-        result.stderr + result.stdout
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert stderr_lines(result)[-1].startswith(
+        "error: model.init_args.target_domain is 'dvd' but data.init_args.target_domain is 'books'"
     )
 
 
@@ -159,5 +166,6 @@ def test_best_without_a_fit_names_the_missing_checkpoint(tmp_path: Path, workdir
     result = run_metakd(
         "test", "--config", str(tmp_path / "t.yaml"), "--ckpt_path", "best", cwd=tmp_path, check=False
     )
-    assert result.returncode != 0
-    assert "last.ckpt from an earlier `fit`" in result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = stderr_lines(result)[-1]
+    assert last.startswith('error: ckpt_path "best": no ') and "last.ckpt from an earlier `fit`" in last

@@ -18,7 +18,7 @@ from helpers import (
     run_python,
     tiny_student,
     tiny_trainer,
-    write_toy_corpus,
+    write_tiny_corpus,
 )
 from helpers import train_tiny_teacher as _train_tiny_teacher
 
@@ -303,7 +303,7 @@ def test_existing_methods_run_and_refuse_what_needs_token_states(teacher_ckpt: s
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_toy_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl")
+    return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl", per_domain=40)
 
 
 @pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
