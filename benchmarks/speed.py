@@ -301,10 +301,10 @@ def make_inputs(batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
     return inputs
 
 
-def timed(fn: Any, inputs: dict[str, Any]) -> float:
-    start = time.perf_counter()
+def timed(fn: Any, inputs: dict[str, Any], clock: Any = time.perf_counter) -> float:
+    start = clock()
     fn(inputs)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def inference_benchmark(args: argparse.Namespace, workdir: Path, dm: Any) -> dict[str, Any]:
@@ -322,8 +322,10 @@ def inference_benchmark(args: argparse.Namespace, workdir: Path, dm: Any) -> dic
     for _ in range(args.reps):
         for name, model in models.items():
             for runtime, (fn, _) in model["runtimes"].items():
-                times[name, runtime]["batch"].append(timed(fn, big))
-                times[name, runtime]["single"].extend(timed(fn, single) for _ in range(args.latency_calls))
+                times[name, runtime]["batch"].append(timed(fn, big, args.clock))
+                times[name, runtime]["single"].extend(
+                    timed(fn, single, args.clock) for _ in range(args.latency_calls)
+                )
     results: dict[str, Any] = {}
     for name, model in models.items():
         entry: dict[str, Any] = {"label": model["label"], "params": model["params"], "runtimes": {}}
@@ -572,7 +574,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"# Speed benchmark ({'tiny models' if setup['tiny'] else 'MiniLM-L6 teacher and its students'})",
         "",
-        f"CPU inference at seq {setup['seq']}, {setup['threads']} threads: throughput at batch "
+        f"CPU inference at seq {setup['seq']}, {setup['threads']} thread(s), timed by the "
+        f"{setup.get('clock', 'wall clock')}: throughput at batch "
         f"{setup['batch']} (median of {setup['reps']} rounds) and at batch 1 (median of "
         f"{setup['reps'] * setup['latency_calls']} calls), p50 latency at batch 1. Every model runs on "
         "every runtime in the same interleaved rounds; each ratio compares a student with the teacher's "
@@ -686,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_reps": args.train_reps,
             "steps": args.steps,
             "threads": torch.get_num_threads(),
+            "clock": "thread CPU time" if args.cpu_time else "wall clock",
             "load_before": load_average(),
         }
         report: dict[str, Any] = {
