@@ -660,9 +660,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads of every runtime (torch's default)"
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the calling thread's CPU time instead of the wall clock (needs --threads 1): on a "
+        "shared machine this leaves out the time other processes hold the core",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1 (each runtime then computes in the calling thread)")
+    args.clock = time.thread_time if args.cpu_time else time.perf_counter
     args.reps = 3 if args.quick else 10
     args.latency_calls = 3 if args.quick else 5
     args.train_reps = 2 if args.quick else 3
