@@ -1,18 +1,22 @@
-"""Speed benchmark: ``python benchmarks/speed.py [--quick] [--tiny] [--out benchmarks/results]``.
+"""Speed benchmark: ``python benchmarks/speed.py [--quick] [--tiny] [--no-training] [--out DIR]``.
 
-Writes ``speed.json`` and ``speed.md``:
+Writes ``speed.json``, ``speed.md`` and ``speed_pareto.png``:
 
-- size and CPU inference throughput (examples/s, batch 32, seq 128 by default) of the teacher, the
-  student, and the student exported to ONNX (fp32) and dynamically quantised int8 ONNX
-  (``metakd.export.export_onnx`` + onnxruntime's ``quantize_dynamic``, as ``metakd export --int8``);
-  accuracy retained (Meta-KD student vs meta-teacher) when ``<out>/amazon.json`` exists;
+- inference: the teachers' network (MiniLM-L6 classifier) and every student of :data:`STUDENTS`, each on
+  every runtime (PyTorch fp32, ONNX Runtime fp32, ONNX Runtime dynamic int8: ``metakd.export.export_onnx``
+  + ``quantize_dynamic``, as ``metakd export --int8``), in the same interleaved rounds: throughput at batch
+  32 and batch 1 (seq 128), p50 / p90 latency at batch 1, parameters, file size, and every ratio against
+  the teacher on the same runtime and batch;
+- accuracy retained (student row / teacher row, average test accuracy) from the pipeline results named
+  in each student's entry, and the accuracy / speed Pareto plot;
 - training cost ratios, measured side by side (interleaved repetitions, medians of per-step times):
   a Lightning ``Student`` step vs a bare PyTorch loop doing the same forward/backward/step (framework
   overhead); a meta-weighted teacher step (``weighting: meta``) vs a plain one (``weighting: none``); an
   epoch with cached teacher outputs vs an uncached one (vanilla KD student, ``cache_teacher_outputs``).
 
-``--tiny`` uses tiny random BERTs and a synthetic corpus (seconds; what the tests run); the default
-uses MiniLM-L6 (teacher) and its 2-layer subset (student) on Amazon reviews.
+Adding a student to the benchmark is one :class:`ModelSpec` entry in :data:`STUDENTS` (name, words, the
+``metakd.Student`` arguments that build it, and its accuracy row). ``--tiny`` uses tiny random models and
+a synthetic corpus (seconds; what the tests run); the default uses MiniLM-L6 and Amazon reviews.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,88 +164,196 @@ class StepTimer:
         self._last: float | None = None
 
 
-# ---------------------------------------------------------------------------------------- inference
+# ------------------------------------------------------------------------------------ the models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model of the inference table: its name and words, the ``metakd.Student`` arguments that build it
+    (``student``; ``tiny`` for ``--tiny``) and where its accuracy comes from (``accuracy``: a pipeline
+    results file under ``--out``, the student row of its main table, and the teacher: a row of the same
+    table, or a JSON file under ``--out`` with the teacher's ``average`` test accuracy)."""
+
+    name: str
+    label: str
+    student: dict[str, Any]
+    tiny: dict[str, Any]
+    accuracy: tuple[str, str, str] | None = None
+
+
+TINY_EMBEDDINGS = {"embedding_init": "random", "embedding_dim": 16}
+TEACHER = ModelSpec(
+    "teacher",
+    "MiniLM-L6 classifier (the teachers' network: 6 layers, hidden 384)",
+    {"student_layers": None},
+    {"student_config": TINY_TEACHER},
+)
+TINY_TEACHER_RESULTS = "amazon_tiny_teacher.json"
+"""Test accuracy of the fixed teacher of configs/amazon/tiny_students.yaml (not a pipeline cell)."""
+STUDENTS: list[ModelSpec] = [
+    # Adding a student to the benchmark is one entry here.
+    ModelSpec(
+        "minilm_2l",
+        "MiniLM-L6 layers 0 and 5 (BERT student)",
+        {"student_layers": [0, 5]},
+        {"student_config": TINY_STUDENT},
+        ("amazon.json", "student_meta", "teacher_meta"),
+    ),
+    ModelSpec(
+        "bilstm",
+        "BiLSTM: 1 layer x 150 per direction, MiniLM embeddings (384)",
+        {"student_model": {"class_path": "bilstm"}},
+        {"student_model": {"class_path": "bilstm", "init_args": {**TINY_EMBEDDINGS, "hidden_size": 8}}},
+        ("amazon_tiny.json", "student_bilstm_tang", TINY_TEACHER_RESULTS),
+    ),
+    ModelSpec(
+        "textcnn",
+        "TextCNN: widths 3/4/5 x 128 filters, MiniLM embeddings (384)",
+        {"student_model": {"class_path": "textcnn"}},
+        {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 8}}},
+        ("amazon_tiny.json", "student_textcnn_tang", TINY_TEACHER_RESULTS),
+    ),
+    ModelSpec(
+        "textcnn_pc128",
+        "TextCNN: widths 3/4/5 x 100 filters, 128 principal components of MiniLM's embeddings",
+        {"student_model": {"class_path": "textcnn", "init_args": {"embedding_dim": 128, "filters": 100}}},
+        {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 4}}},
+        ("amazon_tiny.json", "student_textcnn_pc128_tang", TINY_TEACHER_RESULTS),
+    ),
+    ModelSpec(
+        "pqrnn",
+        "pQRNN: ternary projection 128, bottleneck 128, 2 BiQRNN layers x 96 per direction",
+        {"student_model": {"class_path": "pqrnn"}},
+        {"student_model": {"class_path": "pqrnn", "init_args": {"projection_size": 16, "hidden_size": 8}}},
+        ("amazon_tiny.json", "student_pqrnn_tang", TINY_TEACHER_RESULTS),
+    ),
+]
+RUNTIMES = ("pytorch", "onnx", "onnx_int8")
+"""PyTorch fp32 (eager, inference mode), ONNX Runtime fp32, ONNX Runtime with dynamic int8 quantisation."""
+
+
+def build_model(args: argparse.Namespace, dm: Any, spec: ModelSpec) -> torch.nn.Module:
+    """The architecture of ``spec`` (untrained weights: speed does not depend on them), in eval mode."""
+    architecture = {"student_layers": None, "student_config": None}
+    architecture.update(spec.tiny if args.tiny else spec.student)
+    return make_student(args, dm, **architecture).model.eval()
+
+
+def file_size_mb(path: Path) -> float:
+    return path.stat().st_size / 2**20
+
+
+def runners(args: argparse.Namespace, workdir: Path, dm: Any, specs: list[ModelSpec]) -> dict[str, Any]:
+    """Per model: params, and per runtime a callable ``(batch) -> logits`` and its file size."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from safetensors.torch import save_file
+
+    from metakd.export import export_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    example = make_inputs(2, 16, seed=1)
+    built: dict[str, Any] = {}
+    for spec in specs:
+        model = build_model(args, dm, spec)
+        weights = workdir / f"{spec.name}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        onnx_path, int8_path = workdir / f"{spec.name}.onnx", workdir / f"{spec.name}.int8.onnx"
+        export_onnx(model, example, onnx_path)
+        quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+        sessions = {
+            runtime: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for runtime, path in (("onnx", onnx_path), ("onnx_int8", int8_path))
+        }
+        runtimes: dict[str, Any] = {"pytorch": (torch_runner(model), file_size_mb(weights))}
+        for runtime, path in (("onnx", onnx_path), ("onnx_int8", int8_path)):
+            runtimes[runtime] = (onnx_runner(sessions[runtime]), file_size_mb(path))
+        built[spec.name] = {"label": spec.label, "params": param_count(model), "runtimes": runtimes}
+    return built
+
+
+def torch_runner(model: torch.nn.Module) -> Any:
+    def run(inputs: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            return model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]).logits
+
+    return run
+
+
+def onnx_runner(session: Any) -> Any:
+    names = [i.name for i in session.get_inputs()]  # the exporter drops the inputs a model ignores
+
+    def run(inputs: dict[str, Any]) -> Any:
+        return session.run(["logits"], {name: inputs["numpy"][name] for name in names})[0]
+
+    return run
+
+
+def make_inputs(batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    inputs: dict[str, Any] = {
+        "input_ids": torch.randint(1000, 29000, (batch, seq), generator=g),
+        "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, seq, dtype=torch.long),
+    }
+    inputs["numpy"] = {k: v.numpy() for k, v in inputs.items()}
+    return inputs
+
+
+def timed(fn: Any, inputs: dict[str, Any], clock: Any = time.perf_counter) -> float:
+    start = clock()
+    fn(inputs)
+    return clock() - start
+
+
+def inference_benchmark(args: argparse.Namespace, workdir: Path, dm: Any) -> dict[str, Any]:
+    """Every model on every runtime, in interleaved rounds (each round times every model and runtime once
+    at batch ``args.batch`` and ``args.latency_calls`` times at batch 1), so that a change of load on the
+    machine hits all of them alike; medians over the rounds."""
+    specs = [TEACHER, *STUDENTS]
+    models = runners(args, workdir, dm, specs)
+    big, single = make_inputs(args.batch, args.seq), make_inputs(1, args.seq)
+    times: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for name, model in models.items():
+        for runtime, (fn, _) in model["runtimes"].items():
+            fn(big), fn(single)  # warm-up (allocations, ONNX Runtime's first run)
+            times[name, runtime] = {"batch": [], "single": []}
+    for _ in range(args.reps):
+        for name, model in models.items():
+            for runtime, (fn, _) in model["runtimes"].items():
+                times[name, runtime]["batch"].append(timed(fn, big, args.clock))
+                times[name, runtime]["single"].extend(
+                    timed(fn, single, args.clock) for _ in range(args.latency_calls)
+                )
+    results: dict[str, Any] = {}
+    for name, model in models.items():
+        entry: dict[str, Any] = {"label": model["label"], "params": model["params"], "runtimes": {}}
+        for runtime, (_, size) in model["runtimes"].items():
+            batch_s = statistics.median(times[name, runtime]["batch"])
+            singles = sorted(times[name, runtime]["single"])
+            entry["runtimes"][runtime] = {
+                "size_mb": size,
+                "examples_per_s": args.batch / batch_s,
+                "examples_per_s_batch1": 1.0 / statistics.median(singles),
+                "p50_latency_ms": 1000 * statistics.median(singles),
+                "p90_latency_ms": 1000 * singles[int(0.9 * (len(singles) - 1))],
+                "rounds": len(times[name, runtime]["batch"]),
+            }
+        results[name] = entry
+    teacher = results["teacher"]["runtimes"]
+    for entry in results.values():
+        for runtime, row in entry["runtimes"].items():
+            row["speedup_vs_teacher"] = row["examples_per_s"] / teacher[runtime]["examples_per_s"]
+            row["speedup_vs_teacher_batch1"] = (
+                row["examples_per_s_batch1"] / teacher[runtime]["examples_per_s_batch1"]
+            )
+            row["size_vs_teacher"] = row["size_mb"] / teacher[runtime]["size_mb"]
+    return results
 
 
 def param_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def state_size_mb(module: torch.nn.Module, path: Path) -> float:
-    torch.save(module.state_dict(), path)
-    return path.stat().st_size / 2**20
-
-
-def throughput(fn: Any, batch_size: int, reps: int) -> dict[str, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"median_batch_s": median, "examples_per_s": batch_size / median, "reps": reps}
-
-
-def inference_benchmark(args: argparse.Namespace, workdir: Path, dm: Any) -> dict[str, Any]:
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from metakd.export import export_onnx
-
-    teacher = make_teacher(args, dm).eval()
-    student = make_student(args, dm).eval()
-    model = student.model.eval()
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1000, 29000, (args.batch, args.seq), generator=g),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
-        "token_type_ids": torch.zeros(args.batch, args.seq, dtype=torch.long),
-    }
-    domain_ids = torch.zeros(args.batch, dtype=torch.long)
-    onnx_path, int8_path = workdir / "student.onnx", workdir / "student.int8.onnx"
-    export_onnx(model, batch, onnx_path)
-    quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    sessions = {
-        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for name, path in (("student_onnx", onnx_path), ("student_onnx_int8", int8_path))
-    }
-    feeds = {k: v.numpy() for k, v in batch.items()}
-
-    def run_teacher() -> None:
-        with torch.inference_mode():
-            teacher(**batch, domain_ids=domain_ids)
-
-    def run_student() -> None:
-        with torch.inference_mode():
-            model(**batch)
-
-    results: dict[str, Any] = {
-        "teacher": {
-            "params": param_count(teacher),
-            "size_mb": state_size_mb(teacher, workdir / "t.pt"),
-            **throughput(run_teacher, args.batch, args.reps),
-        },
-        "student": {
-            "params": param_count(model),
-            "size_mb": state_size_mb(model, workdir / "s.pt"),
-            **throughput(run_student, args.batch, args.reps),
-        },
-    }
-    for name, session in sessions.items():
-        path = onnx_path if name == "student_onnx" else int8_path
-        results[name] = {
-            "params": param_count(model),
-            "size_mb": path.stat().st_size / 2**20,
-            **throughput(lambda s=session: s.run(["logits"], feeds), args.batch, args.reps),
-        }
-    base = results["teacher"]["examples_per_s"]
-    for entry in results.values():
-        entry["speedup_vs_teacher"] = entry["examples_per_s"] / base
-        entry["size_vs_teacher"] = entry["size_mb"] / results["teacher"]["size_mb"]
-    return results
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -367,59 +480,168 @@ def training_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 # ------------------------------------------------------------------------------------------ report
 
 
-def accuracy_retained(out: Path) -> dict[str, Any] | None:
-    path = out / "amazon.json"
+def accuracy_retained(out: Path, spec: ModelSpec) -> dict[str, Any] | None:
+    """The student row's average test accuracy over its teacher's, from the pipeline results files."""
+    if spec.accuracy is None:
+        return None
+    results, row, teacher_source = spec.accuracy
+    path = out / results
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
-    try:
-        student = summary["main"]["student_meta"]["average"]["mean"]
-        teacher = summary["main"]["teacher_meta"]["average"]["mean"]
-    except KeyError:
+    table = json.loads(path.read_text()).get("main", {})
+    if teacher_source.endswith(".json"):
+        teacher_path = out / teacher_source
+        teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
+    else:
+        teacher = table.get(teacher_source, {}).get("average")
+    student = table.get(row, {}).get("average")
+    if (
+        not student
+        or not teacher
+        or not student.get("mean")
+        or not teacher.get("average", teacher.get("mean"))
+    ):
         return None
-    if student is None or not teacher:
-        return None
+    teacher_accuracy = teacher.get("average", teacher.get("mean"))
     return {
         "source": str(path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path),
-        "student_meta_kd": student,
-        "meta_teacher": teacher,
-        "retained": student / teacher,
+        "student_row": row,
+        "student": student["mean"],
+        "student_std": student.get("std"),
+        "student_seeds": student["n"],
+        "teacher_source": teacher_source,
+        "teacher": teacher_accuracy,
+        "retained": student["mean"] / teacher_accuracy,
     }
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (higher is better), by x."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(x2 >= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in points)
+    ]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> str | None:
+    """Accuracy retained vs speed-up over the teacher (batch 32, same runtime), one colour per runtime;
+    the line joins the Pareto front of each runtime. Needs matplotlib (the ``bench`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    plotted = False
+    for runtime, colour in zip(RUNTIMES, ("tab:blue", "tab:orange", "tab:green")):
+        names, points = [], []
+        for name, entry in report["inference"].items():
+            retained = (report["accuracy"].get(name) or {}).get("retained")
+            if name == "teacher" or retained is None:
+                continue
+            names.append(name)
+            points.append((entry["runtimes"][runtime]["speedup_vs_teacher"], 100 * retained))
+        if not points:
+            continue
+        plotted = True
+        axis.scatter([p[0] for p in points], [p[1] for p in points], color=colour, label=runtime)
+        front = pareto_front(points)
+        axis.plot([points[i][0] for i in front], [points[i][1] for i in front], color=colour, alpha=0.5)
+        for name, (x, y) in zip(names, points):
+            axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if not plotted:
+        plt.close(figure)
+        return None
+    axis.set_xscale("log")
+    axis.set_xlabel("throughput / teacher's on the same runtime (batch 32, seq 128)")
+    axis.set_ylabel("accuracy retained (% of the teacher's, Amazon test)")
+    axis.axhline(98, color="grey", linestyle=":", linewidth=1)
+    axis.axvline(50, color="grey", linestyle=":", linewidth=1)
+    axis.legend(title="runtime")
+    axis.grid(True, which="both", alpha=0.2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return str(path)
 
 
 def render(report: dict[str, Any]) -> str:
     setup = report["setup"]
     lines = [
-        f"# Speed benchmark ({'tiny models' if setup['tiny'] else 'MiniLM-L6 teacher, 2-layer student'})",
+        f"# Speed benchmark ({'tiny models' if setup['tiny'] else 'MiniLM-L6 teacher and its students'})",
         "",
-        f"CPU inference, batch {setup['batch']}, seq {setup['seq']}, {setup['threads']} threads; medians of "
-        f"{setup['reps']} batches. Training ratios: {setup['train_reps']} interleaved repetitions of "
-        f"{setup['steps']} steps (seq {setup['train_seq']}).",
+        f"CPU inference at seq {setup['seq']}, {setup['threads']} thread(s), timed by the "
+        f"{setup.get('clock', 'wall clock')}: throughput at batch "
+        f"{setup['batch']} (median of {setup['reps']} rounds) and at batch 1 (median of "
+        f"{setup['reps'] * setup['latency_calls']} calls), p50 latency at batch 1. Every model runs on "
+        "every runtime in the same interleaved rounds; each ratio compares a student with the teacher's "
+        "network on the same runtime and batch. Size: the fp32 safetensors weights (PyTorch) or the ONNX "
+        "file. Load average "
+        f"{setup['load_before']} before, {setup['load_after']} after.",
         "",
-        "| model | params | size (MB) | ex/s | speed-up vs teacher | size vs teacher |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | runtime | params | size (MB) | ex/s (b32) | vs teacher | ex/s (b1) | vs teacher | "
+        "p50 ms (b1) | acc. retained |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, entry in report["inference"].items():
-        lines.append(
-            f"| {name} | {entry['params'] / 1e6:.2f}M | {entry['size_mb']:.1f} | "
-            f"{entry['examples_per_s']:.1f} | "
-            f"{entry['speedup_vs_teacher']:.2f}x | {entry['size_vs_teacher']:.2f} |"
-        )
-    if report.get("accuracy_retained"):
-        acc = report["accuracy_retained"]
-        lines += [
-            "",
-            f"Accuracy retained: Meta-KD student {100 * acc['student_meta_kd']:.1f}% vs meta-teacher "
-            f"{100 * acc['meta_teacher']:.1f}% = {100 * acc['retained']:.1f}% (from `{acc['source']}`).",
-        ]
-    lines += ["", "| training cost | ratio | medians |", "| --- | ---: | --- |"]
-    for entry in report["training"].values():
-        medians = ", ".join(
-            f"{k} {v['median_s'] * 1000:.1f} ms" for k, v in entry.items() if isinstance(v, dict)
-        )
-        lines.append(f"| {entry['what']} | {entry['ratio']:.2f}x | {medians} |")
+    for runtime in RUNTIMES:
+        for name, entry in report["inference"].items():
+            row = entry["runtimes"][runtime]
+            accuracy = report["accuracy"].get(name)
+            retained = f"{100 * accuracy['retained']:.1f}%" if accuracy else "-"
+            lines.append(
+                f"| {name} | {runtime} | {entry['params'] / 1e6:.2f}M | {row['size_mb']:.1f} | "
+                f"{row['examples_per_s']:.0f} | {row['speedup_vs_teacher']:.1f}x | "
+                f"{row['examples_per_s_batch1']:.0f} | {row['speedup_vs_teacher_batch1']:.1f}x | "
+                f"{row['p50_latency_ms']:.2f} | {retained} |"
+            )
+    lines += ["", "Models:"] + [
+        f"- `{name}`: {entry['label']}" for name, entry in report["inference"].items()
+    ]
+    if report["accuracy"]:
+        lines += ["", "Accuracy retained (fp32 PyTorch models; average test accuracy over the domains):"]
+        for name, acc in report["accuracy"].items():
+            lines.append(
+                f"- `{name}`: `{acc['student_row']}` {100 * acc['student']:.1f}% vs "
+                f"`{acc['teacher_source']}` {100 * acc['teacher']:.1f}% ({acc['student_seeds']} seed(s), "
+                f"`{acc['source']}`)"
+            )
+    if report.get("pareto_png"):
+        lines += ["", f"Pareto plot: `{Path(report['pareto_png']).name}`."]
+    if report.get("training"):
+        lines += ["", "| training cost | ratio | medians |", "| --- | ---: | --- |"]
+        for entry in report["training"].values():
+            medians = ", ".join(
+                f"{k} {v['median_s'] * 1000:.1f} ms" for k, v in entry.items() if isinstance(v, dict)
+            )
+            lines.append(f"| {entry['what']} | {entry['ratio']:.2f}x | {medians} |")
     lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def carried_training(out: Path) -> dict[str, Any] | None:
+    """The training ratios of the previous ``speed.json`` in ``out``, each marked with the commit it was
+    measured at (``--no-training`` does not measure them again)."""
+    path = out / "speed.json"
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    commit = previous.get("versions", {}).get("git_commit", "an earlier commit")
+    training = previous.get("training") or {}
+    for entry in training.values():
+        if "carried over" not in entry["what"]:
+            entry["what"] += f" (carried over: measured at {commit})"
+    return training or None
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,8 +652,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--train-seq", type=int, default=64, help="max_length of the training measurements")
+    parser.add_argument(
+        "--no-training",
+        action="store_true",
+        help="skip the training-cost ratios (the previous speed.json's are kept, marked as carried over)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of every runtime (torch's default)"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the calling thread's CPU time instead of the wall clock (needs --threads 1): on a "
+        "shared machine this leaves out the time other processes hold the core",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1 (each runtime then computes in the calling thread)")
+    args.clock = time.thread_time if args.cpu_time else time.perf_counter
     args.reps = 3 if args.quick else 10
+    args.latency_calls = 3 if args.quick else 5
     args.train_reps = 2 if args.quick else 3
     args.steps = 3 if args.quick else 8
     args.epoch_batches = 3 if args.quick else 8
@@ -445,23 +687,31 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         inference_dm = make_datamodule(args, workdir)
         start = time.perf_counter()
+        setup = {
+            "tiny": args.tiny,
+            "quick": args.quick,
+            "batch": args.batch,
+            "seq": args.seq,
+            "train_seq": args.train_seq,
+            "reps": args.reps,
+            "latency_calls": args.latency_calls,
+            "train_reps": args.train_reps,
+            "steps": args.steps,
+            "threads": torch.get_num_threads(),
+            "clock": "thread CPU time" if args.cpu_time else "wall clock",
+            "load_before": load_average(),
+        }
         report: dict[str, Any] = {
-            "setup": {
-                "tiny": args.tiny,
-                "quick": args.quick,
-                "batch": args.batch,
-                "seq": args.seq,
-                "train_seq": args.train_seq,
-                "reps": args.reps,
-                "train_reps": args.train_reps,
-                "steps": args.steps,
-                "threads": torch.get_num_threads(),
-            },
+            "setup": setup,
             "inference": inference_benchmark(args, workdir, inference_dm),
         }
+        setup["load_after"] = load_average()
         print(json.dumps(report["inference"], indent=1), flush=True)
-        report["training"] = training_benchmark(args, workdir)
-        report["accuracy_retained"] = accuracy_retained(out)
+        report["accuracy"] = {
+            spec.name: acc for spec in STUDENTS if (acc := accuracy_retained(out, spec)) is not None
+        }
+        report["pareto_png"] = plot_pareto(report, out / "speed_pareto.png")
+        report["training"] = carried_training(out) if args.no_training else training_benchmark(args, workdir)
         report["versions"] = package_versions()
         report["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "speed.json", report)

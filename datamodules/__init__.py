@@ -6,6 +6,7 @@ from datamodules.base import MultiDomainDataModule
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
 from datamodules.mnli import MNLIDataModule
+from datamodules.tang_augment import TangAugmenter  # registers the `tang` augmenter
 
 __all__ = [
     "AUGMENTERS",
@@ -16,5 +17,6 @@ __all__ = [
     "JsonlDataModule",
     "MNLIDataModule",
     "MultiDomainDataModule",
+    "TangAugmenter",
     "register_augmenter",
 ]

@@ -317,6 +317,7 @@ EXTRA_COMMANDS = {
     "export": "metakd.export",
     "sweep": "metakd.sweep",
     "pipeline": "metakd.pipeline",
+    "classify": "metakd.classify",
 }
 COMMANDS = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
 

@@ -586,8 +586,8 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             data["train_fraction"] = fraction
         model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
         needs: list[str] = []
-        if spec.teacher_role is None:
-            model["teacher_ckpt"] = None
+        if spec.teacher_role is None:  # no pipeline teacher; a variant may name a fixed checkpoint of its own
+            model.setdefault("teacher_ckpt", None)
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
             needs = [teacher_of(spec.teacher_role, domain)]
         info.setdefault("row", f"student_{method}" + ("@A" if staged_a else ""))

@@ -197,15 +197,16 @@ CASES = [
         "unknown_command",
         lambda w: ["fitt", "--config", str(w / "tiny.yaml")],
         "unknown command 'fitt'; did you mean 'fit'?",
-        where="usage: python -m metakd {fit,validate,test,predict,export,sweep,pipeline} ... (a command's "
-        "--help lists its options)",
+        where="usage: python -m metakd {fit,validate,test,predict,export,sweep,pipeline,classify} ... "
+        "(a command's --help lists its options)",
     ),
     # --- student and teacher checkpoints
     Case(
         "missing_teacher_ckpt",
         lambda w: student(w, "no_such_teacher.ckpt"),
         "teacher checkpoint not found: '{w}/no_such_teacher.ckpt' (model.teacher_ckpt must name a "
-        "MetaTeacher .ckpt written by `python -m metakd fit` with a MetaTeacher config)",
+        "MetaTeacher .ckpt written by `python -m metakd fit` with a MetaTeacher config, or a HuggingFace "
+        "sequence-classification model directory)",
     ),
     Case(
         "truncated_teacher_ckpt",
@@ -216,8 +217,8 @@ CASES = [
     Case(
         "distillation_without_teacher",
         lambda w: student(w, None),
-        "distillation='meta' needs model.teacher_ckpt (a MetaTeacher checkpoint); only distillation='none' "
-        "trains without a teacher",
+        "distillation='meta' needs model.teacher_ckpt (a MetaTeacher checkpoint or an HF classifier); only "
+        "distillation='none' trains without a teacher",
     ),
     Case(
         "teacher_of_other_labels",

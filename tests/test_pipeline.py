@@ -1,6 +1,6 @@
-"""The benchmark pipeline (``python -m metakd pipeline``) and ``benchmarks/speed.py`` in their quick
-modes, with tiny models on a tiny JSONL corpus: the results JSON and Markdown hold every row and
-column, a second invocation skips every finished cell, and the speed benchmark writes its JSON."""
+"""The benchmark pipeline (``python -m metakd pipeline``) in its quick modes, with tiny models on a tiny
+JSONL corpus: the results JSON and Markdown hold every row and column, and a second invocation skips
+every finished cell (the speed benchmark: tests/test_speed.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_metakd, run_python, tiny_encoder_config, tiny_student_config
+from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
 
 from metakd import pipeline
 
@@ -298,14 +298,6 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     cell = next(c for c in pipeline.plan_cells(changed) if c.kind == "student")
     status, _, message = pipeline.run_cell(changed, 1, cell, in_process=True)
     assert status == "failed" and "another config" in message
-
-
-def test_speed_benchmark_tiny(tmp_path: Path) -> None:
-    run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=120)
-    report = json.loads((tmp_path / "speed.json").read_text())
-    assert {"teacher", "student", "student_onnx", "student_onnx_int8"} <= set(report["inference"])
-    assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])
-    assert (tmp_path / "speed.md").read_text().startswith("# ")
 
 
 @pytest.mark.parametrize(("name", "quick"), [("amazon/benchmark.yaml", True), ("mnli/benchmark.yaml", False)])

@@ -122,6 +122,9 @@ class MetaKD(TinyBERTKD):
     factor), ``use_transferable`` (the ``L_tk`` term), and ``transferability_scale`` (t_i rescaled over the
     training split before it enters ``1 + t_i``: ``none``, ``mean1`` or ``temperature:<T>``, as the
     MetaTeacher option of that name; ``metakd.prototypes.rescale_transferability``).
+    ``prediction_weighting`` (off in the paper) weights the prediction stage by the same ``w_i``: with
+    ``stage: prediction`` it is Meta-KD for a student without token states or attention maps (BiLSTM,
+    TextCNN, pQRNN), whose intermediate stage cannot run.
     """
 
     label = "Meta-KD"
@@ -142,6 +145,7 @@ class MetaKD(TinyBERTKD):
         transferability_weights: bool = True,
         expertise_weights: bool = True,
         transferability_scale: str = "none",
+        prediction_weighting: bool = False,
     ) -> None:
         super().__init__(
             matches,
@@ -162,7 +166,13 @@ class MetaKD(TinyBERTKD):
         except ValueError as err:
             raise StudentConfigError(f"distillation_options.{err}") from None
         self.transferability_scale = transferability_scale
+        self.prediction_weighting = prediction_weighting
         self.transferability: Tensor | None = None
+
+    def stages(self) -> list[Stage]:
+        stages = super().stages()
+        stages[-1].weighted = self.prediction_weighting
+        return stages
 
     def setup(self, teacher: Any, datamodule: Any, stages: list[Stage], device: Any = None) -> None:
         """Read t_i once (by ``example_ids``) when a weighted stage will run with the t_i factor."""

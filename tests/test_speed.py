@@ -1,0 +1,58 @@
+"""``benchmarks/speed.py``: every model on every runtime in one run (tiny models), ratios within a runtime,
+accuracy retained from pipeline results, the Pareto front."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_python
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import speed  # noqa: E402
+
+
+def test_pareto_front() -> None:
+    points = [(1.0, 99.0), (10.0, 95.0), (5.0, 94.0), (20.0, 90.0), (20.0, 89.0), (2.0, 99.0)]
+    # (1, 99) is beaten by (2, 99); (5, 94) by (10, 95); (20, 89) by (20, 90)
+    assert speed.pareto_front(points) == [5, 1, 3]
+
+
+def test_accuracy_retained_reads_a_pipeline_table(tmp_path: Path) -> None:
+    spec = speed.ModelSpec(
+        "textcnn", "TextCNN", {}, {}, ("amazon_tiny.json", "student_textcnn_tang", "teacher_meta")
+    )
+    assert speed.accuracy_retained(tmp_path, spec) is None  # no results yet
+    table = {
+        "student_textcnn_tang": {"average": {"mean": 0.87, "n": 3}},
+        "teacher_meta": {"average": {"mean": 0.9, "n": 1}},
+    }
+    (tmp_path / "amazon_tiny.json").write_text(json.dumps({"main": table}), encoding="utf-8")
+    accuracy = speed.accuracy_retained(tmp_path, spec)
+    assert accuracy["retained"] == pytest.approx(0.87 / 0.9) and accuracy["student_seeds"] == 3
+    # a teacher that is not a row of the table: its own JSON file
+    fixed = speed.ModelSpec("t", "T", {}, {}, ("amazon_tiny.json", "student_textcnn_tang", "teacher.json"))
+    assert speed.accuracy_retained(tmp_path, fixed) is None
+    (tmp_path / "teacher.json").write_text(json.dumps({"average": 0.92}), encoding="utf-8")
+    assert speed.accuracy_retained(tmp_path, fixed)["retained"] == pytest.approx(0.87 / 0.92)
+
+
+def test_speed_benchmark_tiny(tmp_path: Path) -> None:
+    run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=600)
+    report = json.loads((tmp_path / "speed.json").read_text())
+    names = {"teacher", *(spec.name for spec in speed.STUDENTS)}
+    assert set(report["inference"]) == names and {"bilstm", "textcnn", "pqrnn"} <= names
+    for entry in report["inference"].values():
+        assert set(entry["runtimes"]) == {"pytorch", "onnx", "onnx_int8"}
+        for runtime, row in entry["runtimes"].items():
+            teacher = report["inference"]["teacher"]["runtimes"][runtime]
+            assert row["speedup_vs_teacher"] == pytest.approx(
+                row["examples_per_s"] / teacher["examples_per_s"]
+            )
+            assert row["p50_latency_ms"] > 0 and row["size_mb"] > 0
+    assert report["inference"]["teacher"]["runtimes"]["onnx"]["speedup_vs_teacher"] == pytest.approx(1.0)
+    assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])
+    markdown = (tmp_path / "speed.md").read_text()
+    assert markdown.startswith("# ") and "| pqrnn | onnx_int8 |" in markdown
