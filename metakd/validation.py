@@ -78,11 +78,11 @@ def check_student_options(prefix: str = MODEL_KEY, **init_args: Any) -> None:
     """Check the Student's numeric options among ``init_args`` (others are ignored).
 
     ``intermediate_lr``, ``prediction_lr``, ``weight_decay``, ``lambda_tk``, ``hard_label_weight`` >= 0;
-    ``temperature`` > 0; ``intermediate_epochs`` an integer >= 0. Meant for ``Student.__init__``:
-    ``check_student_options(**self.hparams)`` after ``save_hyperparameters``.
+    ``temperature`` > 0; ``intermediate_epochs`` an integer >= 0. ``None`` means "the method's
+    default" and is not checked. Meant for ``Student.__init__``.
     """
     for name, check in _STUDENT_CHECKS.items():
-        if name in init_args:
+        if init_args.get(name) is not None:
             check(f"{prefix}.{name}", init_args[name])
 
 
