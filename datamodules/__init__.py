@@ -3,6 +3,7 @@
 from datamodules.amazon import AmazonReviewsDataModule
 from datamodules.augment import AUGMENTERS, UNKNOWN_LABEL, Augmenter, register_augmenter
 from datamodules.base import MultiDomainDataModule
+from datamodules.eda import EDA
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
 from datamodules.mnli import MNLIDataModule
@@ -13,6 +14,7 @@ __all__ = [
     "AmazonReviewsDataModule",
     "Augmenter",
     "DataError",
+    "EDA",
     "JsonlDataModule",
     "MNLIDataModule",
     "MultiDomainDataModule",
