@@ -6,6 +6,7 @@ from datamodules.base import MultiDomainDataModule
 from datamodules.eda import EDA
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
+from datamodules.l2a import L2ACandidates
 from datamodules.mnli import MNLIDataModule
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DataError",
     "EDA",
     "JsonlDataModule",
+    "L2ACandidates",
     "MNLIDataModule",
     "MultiDomainDataModule",
     "register_augmenter",

@@ -436,7 +436,23 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
     init_args = merged.setdefault("model", {}).setdefault("init_args", {})
     if cell.needs:
         init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+        merged["data"] = _fill(merged.get("data"), TEACHER_CKPT_PLACEHOLDER, init_args["teacher_ckpt"])
     return merged
+
+
+TEACHER_CKPT_PLACEHOLDER = "@teacher_ckpt"
+"""A string in a student cell's ``data`` section (e.g. L2A's ``augment.init_args.teacher_ckpt``) that the
+pipeline replaces with the path of the cell's teacher checkpoint (per seed)."""
+
+
+def _fill(value: Any, placeholder: str, replacement: str) -> Any:
+    if value == placeholder:
+        return replacement
+    if isinstance(value, dict):
+        return {key: _fill(item, placeholder, replacement) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, placeholder, replacement) for item in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------

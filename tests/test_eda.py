@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import run_metakd, tiny_encoder_config, tiny_student_config
+from test_cli import TRAINER
 from test_datamodules import col, toy_records, write_jsonl
 
 from datamodules import EDA, DataError, JsonlDataModule
@@ -178,15 +179,7 @@ def test_cli_fit_with_eda(tmp_path: Path) -> None:
     BertForSequenceClassification(config).save_pretrained(tmp_path / "teacher")
     student = {
         "seed_everything": 1,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 2,
-            "limit_train_batches": 3,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "default_root_dir": str(tmp_path / "run"),
-        },  # fmt: skip
+        "trainer": {**TRAINER, "default_root_dir": str(tmp_path / "run")},
         "model": {
             "class_path": "metakd.Student",
             "init_args": {
@@ -195,7 +188,7 @@ def test_cli_fit_with_eda(tmp_path: Path) -> None:
                 "student_config": tiny_student_config(),
                 "cache_dir": str(tmp_path / "logits"),
             },
-        },  # fmt: skip
+        },
         "data": {
             "class_path": "datamodules.JsonlDataModule",
             "init_args": {
@@ -211,7 +204,7 @@ def test_cli_fit_with_eda(tmp_path: Path) -> None:
                     "init_args": {"wordnet_dir": str(write_wordnet(tmp_path / "wn"))},
                 },
             },
-        },  # fmt: skip
+        },
     }
     (tmp_path / "student.yaml").write_text(yaml.safe_dump(student), encoding="utf-8")
     run_metakd("fit", "--config", str(tmp_path / "student.yaml"), cwd=tmp_path)
