@@ -3,8 +3,10 @@
 from datamodules.amazon import AmazonReviewsDataModule
 from datamodules.augment import AUGMENTERS, UNKNOWN_LABEL, Augmenter, register_augmenter
 from datamodules.base import MultiDomainDataModule
+from datamodules.eda import EDA
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
+from datamodules.l2a import L2ACandidates
 from datamodules.mnli import MNLIDataModule
 from datamodules.tang_augment import TangAugmenter  # registers the `tang` augmenter
 
@@ -14,7 +16,9 @@ __all__ = [
     "AmazonReviewsDataModule",
     "Augmenter",
     "DataError",
+    "EDA",
     "JsonlDataModule",
+    "L2ACandidates",
     "MNLIDataModule",
     "MultiDomainDataModule",
     "TangAugmenter",

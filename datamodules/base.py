@@ -292,7 +292,6 @@ class MultiDomainDataModule(LightningDataModule):
         self.num_train_ids: int | None = None
         self.source_example_ids: torch.Tensor | None = None
         self.augmented_train: list[Record] = []
-        self._train_selection: list[int] | None = None
         self._full_train_dataset = None
         self.train_dataset = None
         self.val_dataset = None
@@ -516,7 +515,6 @@ class MultiDomainDataModule(LightningDataModule):
         if self._full_train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before select_augmented()")
         if example_ids is None:
-            self._train_selection = None
             self.train_dataset = self._full_train_dataset
             return
         wanted = {int(i) for i in example_ids}
@@ -528,7 +526,6 @@ class MultiDomainDataModule(LightningDataModule):
         rows = list(range(n_original)) + [
             n_original + k for k, r in enumerate(self.augmented_train) if r["example_id"] in wanted
         ]
-        self._train_selection = sorted(wanted)
         self.train_dataset = self._full_train_dataset.select(rows)
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:

