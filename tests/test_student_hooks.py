@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from helpers import (
     MeanPoolMLPStudent,
     ToyMultiDomainDataModule,
+    WeightSnapshots,
     tiny_student,
     tiny_trainer,
 )
@@ -90,22 +90,6 @@ def test_an_architecture_built_around_its_teacher_is_bound_to_it_once(teacher_ck
         tiny_student(None, data, distillation="none", student_config=None, student_model=BOUND)
 
 
-class Snapshots(pl.Callback):
-    """The student's weights at the start of fit and at the end of every epoch."""
-
-    def __init__(self) -> None:
-        self.states: list[dict[str, torch.Tensor]] = []
-
-    def _take(self, module: Any) -> None:
-        self.states.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
-
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
-        self._take(module)
-
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-        self._take(module)
-
-
 def test_stages_train_their_parts_and_frozen_parameters_are_not_stepped(teacher_ckpt: str) -> None:
     """Epoch 0 trains the body and the classifier, epoch 1 the classifier alone: the MLP does not move
     in epoch 1, not even by weight decay; the embeddings the architecture froze never move."""
@@ -114,7 +98,7 @@ def test_stages_train_their_parts_and_frozen_parameters_are_not_stepped(teacher_
         teacher_ckpt, data, distillation="test_student_hooks.TwoPhases", student_config=None,
         student_model=BOUND, weight_decay=0.5,
     )  # fmt: skip
-    snapshots = Snapshots()
+    snapshots = WeightSnapshots()
     trainer = tiny_trainer(max_steps=-1, max_epochs=2, limit_train_batches=2, callbacks=[snapshots])
     trainer.fit(student, datamodule=data)
     start, body, head = snapshots.states
