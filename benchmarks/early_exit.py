@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "amazon" / "benchmark_compression.yaml"))
     parser.add_argument("--runs-dir", help="the pipeline's runs_dir (default: the config's)")
     parser.add_argument("--seed", type=int, default=None, help="default: the config's first seed")
+    parser.add_argument("--domains", nargs="+", help="only these domains (default: the config's)")
     parser.add_argument("--row", default="fastbert_l6", help="the FastBERT row of the pipeline config")
     parser.add_argument(
         "--references", nargs="*", default=["none", "theseus_k3"], help="2-layer student rows"
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs_dir:
         config["runs_dir"] = args.runs_dir
     seed = args.seed if args.seed is not None else config["seeds"][0]
-    domains = list(config["domains"])
+    domains = list(args.domains or config["domains"])
     rows = {"fastbert": args.row}
     for row in args.references:
         rows[f"student: {pipeline.row_spec(row, config.get('variants')).label} (2 layers)"] = row

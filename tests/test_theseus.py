@@ -185,8 +185,8 @@ def test_export_is_the_successor_alone(hf_teacher_dir: str, tiny_teacher_ckpt: s
         trainer = tiny_trainer(max_steps=2)
         trainer.fit(student, datamodule=data)
         trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
-        report = export_student(tmp_path / f"{name}.ckpt", tmp_path / name, onnx=True)
-        assert report.onnx_max_abs_diff <= 1e-4
+        report = export_student(tmp_path / f"{name}.ckpt", tmp_path / name, onnx=name == "hf")
+        assert name != "hf" or report.onnx_max_abs_diff <= 1e-4
         model, _, labels = load_exported(tmp_path / name)
         assert labels == data.label_names
         with torch.no_grad():
