@@ -419,6 +419,11 @@ class MetaTeacher(pl.LightningModule):
             )
         self._heldout_iterator = None
         fingerprint, num_examples = datamodule.split_fingerprint, int(datamodule.num_pooled_train)
+        if getattr(datamodule, "num_train_ids", None) not in (None, num_examples):
+            raise ValueError(
+                "MetaTeacher trains on the pooled training split; data.init_args.augment (augmented "
+                "examples) is for students: remove it from the teacher's data config"
+            )
         wanted = self._wanted_transferability_options()
         if (
             self.split_fingerprint == fingerprint

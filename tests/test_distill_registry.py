@@ -119,6 +119,21 @@ def test_student_without_hidden_states_distils_with_vanilla_kd_and_refuses_tinyb
         torch.testing.assert_close(model(encoded["input_ids"], encoded["attention_mask"]).logits, expected)
 
 
+def test_bad_student_model_specs_name_the_key(teacher_ckpt: str) -> None:
+    data = toy()
+    for spec, message in (
+        ({"class_path": "bilstmm"}, r"student_model.class_path: unknown student architecture 'bilstmm'"),
+        ({"class_path": "helpers.MeanPoolMLPStudent", "init_args": {"width": 3}}, r"takes no \['width'\]"),
+        ({"init_args": {}}, "must be a mapping with class_path"),
+        ({"class_path": "torch.nn.Linear"}, "not a metakd.students.StudentModel subclass"),
+    ):
+        with pytest.raises(StudentConfigError, match=message):
+            tiny_student(teacher_ckpt, data, distillation="vanilla", student_config=None, student_model=spec)
+    both = "student_model or student_layers / student_config, not both"
+    with pytest.raises(StudentConfigError, match=both):  # tiny_student sets a student_config
+        tiny_student(teacher_ckpt, data, distillation="vanilla", student_model=MLP)
+
+
 # ------------------------------------------------------------------------------- a plain HF teacher
 
 
