@@ -1,7 +1,7 @@
 """FastBERT's trade-off: ``python benchmarks/early_exit.py [--config <pipeline config>]``.
 
 For every domain's FastBERT student of a finished pipeline run (``<runs_dir>/<name>/<seed>/student/
-<row>/<domain>``, the ``fastbert_l6`` row by default), at each ``speed`` of the early-exit rule (0, 0.1,
+<row>/<domain>``, the ``fastbert_l2`` row by default), at each ``speed`` of the early-exit rule (0, 0.1,
 0.2, 0.4, 0.6, 0.8): accuracy on the domain's dev and test splits, the average number of layers the test
 examples ran, and measured CPU throughput of batched adaptive inference (PyTorch, the test split in the
 pipeline's evaluation batches). In the same run, on the same batches and threads: the predecessor teacher
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", help="the pipeline's runs_dir (default: the config's)")
     parser.add_argument("--seed", type=int, default=None, help="default: the config's first seed")
     parser.add_argument("--domains", nargs="+", help="only these domains (default: the config's)")
-    parser.add_argument("--row", default="fastbert_l6", help="the FastBERT row of the pipeline config")
+    parser.add_argument("--row", default="fastbert_l2", help="the FastBERT row of the pipeline config")
     parser.add_argument(
         "--references", nargs="*", default=["none", "theseus_k3"], help="2-layer student rows"
     )

@@ -257,7 +257,7 @@ def test_compression_rows_resolve_in_the_cli(
 
     assert DISTILLERS.get("fastbert") is FastBERT
     config = pipeline.load_pipeline_config(REPO / "configs" / name, quick=quick)
-    config["methods"], config["runs_dir"] = ["theseus_k3", "fastbert_l6"], str(tmp_path)
+    config["methods"], config["runs_dir"] = ["theseus_k3", "fastbert_l2", "fastbert_l6"], str(tmp_path)
     planned = pipeline.plan_cells(config)
     assert [c.name for c in planned if c.kind == "teacher"] == [
         f"teacher/single/{d}" for d in config["domains"]
@@ -265,6 +265,7 @@ def test_compression_rows_resolve_in_the_cli(
     cells = {c.name.split("/")[1]: c for c in planned if c.kind == "student"}
     rows = (
         ("theseus_k3", "theseus", "theseus.TheseusStudent", True),
+        ("fastbert_l2", "fastbert", "early_exit.EarlyExitStudent", False),
         ("fastbert_l6", "fastbert", "early_exit.EarlyExitStudent", False),
     )
     for row, method, architecture, has_teacher in rows:
@@ -289,6 +290,7 @@ def test_compression_rows_resolve_in_the_cli(
     labels = dict(pipeline.main_rows(config["methods"], config["variants"]))
     assert labels["student_theseus_k3"] == "Student: BERT-of-Theseus, 6 -> 2 layers (single-domain teacher)"
     assert labels["student_fastbert_l6"] == "Student: FastBERT, 6 layers with early exit (speed 0.2)"
+    assert labels["student_fastbert_l2"] == "Student: FastBERT, 2 layers with early exit (speed 0.2)"
 
 
 def test_early_exit_benchmark_measures_accuracy_layers_and_throughput_per_speed(tmp_path: Path) -> None:
