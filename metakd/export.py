@@ -11,7 +11,10 @@ method registry (format 1: an HF config only) export as before.
 
 Checks: the re-loaded directory reproduces the checkpoint's logits on a probe batch (max abs diff
 <= 1e-5); the ONNX model reproduces them within ``--atol`` (1e-4; an error otherwise); the int8
-model's agreement (argmax agreement, max abs diff) is reported without a tolerance.
+model's agreement (argmax agreement, max abs diff) is reported without a tolerance. ``model.onnx``
+traces the architecture's forward (for an early-exit student: every layer); an architecture may add
+its own ONNX files beside it (``StudentModel.export_onnx_extras``, e.g. one graph per exit point),
+which it checks itself; they are listed in ``export_report.json`` (``onnx_extras``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ PROBE_TEXTS = [
     "Great picture quality, terrible sound, and the remote feels cheap but works well enough for now.",
 ]
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_OPSET = 17
 
 
 class ExportError(MetakdError, RuntimeError):
@@ -54,6 +58,7 @@ class ExportReport:
     int8_path: str | None = None
     int8_max_abs_diff: float | None = None
     int8_argmax_agreement: float | None = None
+    onnx_extras: dict[str, Any] | None = None
 
 
 def read_student_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -129,7 +134,7 @@ def _onnx_logits(path: Path, batch: dict[str, Tensor]) -> Tensor:
     return torch.from_numpy(session.run(["logits"], feeds)[0])
 
 
-def export_onnx(model: nn.Module, batch: dict[str, Tensor], path: Path, opset: int = 17) -> None:
+def export_onnx(model: nn.Module, batch: dict[str, Tensor], path: Path, opset: int = ONNX_OPSET) -> None:
     """``torch.onnx.export`` (TorchScript exporter) of ``(input_ids, attention_mask, token_type_ids) ->
     logits`` with dynamic batch and sequence axes; ``model`` is a StudentModel or an HF model."""
     from metakd.students.base import logits_only
@@ -190,6 +195,17 @@ def export_student(
     return _relocated(report, staging, final)
 
 
+def _relative_paths(value: Any, root: Path) -> Any:
+    """``value`` with every path under ``root`` written relative to it (the staging folder is renamed)."""
+    if isinstance(value, dict):
+        return {key: _relative_paths(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_paths(item, root) for item in value]
+    if isinstance(value, Path):
+        return str(value.relative_to(root)) if value.is_relative_to(root) else str(value)
+    return value
+
+
 def _relocated(report: ExportReport, staging: Path, final: Path) -> ExportReport:
     """The report with its paths under ``final`` instead of the staging folder."""
     fields = dict(report.__dict__)
@@ -242,6 +258,9 @@ def _write_export(
         if diff > atol:
             raise ExportError(f"ONNX logits differ from PyTorch by {diff:.3g} > atol {atol:g} ({onnx_path})")
         report.onnx_path, report.onnx_max_abs_diff = str(onnx_path), diff
+        # An architecture's own ONNX files (e.g. one graph per exit point), written and checked by it.
+        extras = model.export_onnx_extras(out, batch, ONNX_OPSET, atol)
+        report.onnx_extras = _relative_paths(extras, out) or None
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -41,7 +41,12 @@ from metakd.distill.base import (
 )
 from metakd.distill.layer_maps import LayerMatch, coerce_match
 from metakd.errors import StudentConfigError, TeacherCheckpointError
-from metakd.students.base import StudentOutput, checkpoint_payload, student_from_arguments
+from metakd.students.base import (
+    StudentOutput,
+    checkpoint_payload,
+    spec_needs_teacher,
+    student_from_arguments,
+)
 from metakd.students.hf import HFStudent, build_student_model  # noqa: F401  (historical import path)
 from metakd.teachers import FrozenTeacher, load_teacher, recompute_transferability  # noqa: F401
 from metakd.utils import adamw_param_groups
@@ -168,12 +173,21 @@ class Student(pl.LightningModule):
         self.distiller = build_distiller(distillation, arguments, distillation_options, strict=strict)
         self.stages = select_stages(distillation, self.distiller.stages(), stage)
         self.schedule = StageSchedule(self.stages)
-        needs_teacher = any(term.teacher_needs for s in self.stages for term in s.active_terms)
-        if needs_teacher and teacher_ckpt is None:
+        self.reads_teacher = any(stage.teacher_needs() for stage in self.stages)
+        if self.reads_teacher and teacher_ckpt is None:
             raise StudentConfigError(
                 f"distillation={distillation!r} needs model.teacher_ckpt (a MetaTeacher checkpoint or an HF "
                 "classifier); only distillation='none' trains without a teacher"
             )
+        # An architecture built around its teacher (StudentModel.needs_teacher) needs one even when no
+        # loss term reads it.
+        architecture_needs_teacher = spec_needs_teacher(student_model)
+        if architecture_needs_teacher and teacher_ckpt is None:
+            raise StudentConfigError(
+                f"the student architecture {student_model['class_path']!r} (model.student_model) is built "
+                "around its teacher: set model.teacher_ckpt (a MetaTeacher checkpoint or an HF classifier)"
+            )
+        needs_teacher = self.reads_teacher or architecture_needs_teacher
         if not needs_teacher and teacher_ckpt is not None:
             log.info("distillation=%r: the teacher %s is not used", distillation, teacher_ckpt)
 
@@ -197,6 +211,8 @@ class Student(pl.LightningModule):
             self.label_names,
             self.tokenizer_name,
         )
+        if self.teacher_source is not None:
+            self.model.bind_teacher(self.teacher_source)
         check_needs(self.distiller, self.stages, self.model, self.teacher_source)
         self._build_distillation_modules()
 
@@ -207,6 +223,8 @@ class Student(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
         if init_from is not None:
             load_student_weights(self, init_from)
+        # What the architecture left trainable: the parameters a stage with `trains` may unfreeze.
+        self._trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
 
     # ---------------------------------------------------------------------------------------------
     # construction
@@ -214,9 +232,9 @@ class Student(pl.LightningModule):
     def _build_distillation_modules(self) -> None:
         """Register the trainable modules the terms need (projections, heads); what each stage needs from
         the student and the teacher."""
-        built = build_term_modules(
-            self.stages, DistillContext(self.model, self.teacher_source, self.num_labels)
-        )
+        context = DistillContext(self.model, self.teacher_source, self.num_labels)
+        self.distiller.check(context)
+        built = build_term_modules(self.stages, context)
         for name, module in built.items():
             self.add_module(name, module)
         self.distillation_modules = built
@@ -248,7 +266,7 @@ class Student(pl.LightningModule):
         if self.teacher_source is not None:
             self.teacher_source.to(self.device)
         self.distiller.setup(self.teacher_source, datamodule, self.stages, self.device)
-        if self.teacher_source is not None:
+        if self.teacher_source is not None and self.reads_teacher:
             self.teacher_source.setup_cache(
                 self.hparams.cache_teacher_outputs, datamodule, self.num_labels, self.hparams.cache_dir
             )
@@ -259,14 +277,31 @@ class Student(pl.LightningModule):
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr
+        self._train_parts(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         request = self.teacher_requests[stage.name]
         if (
             self.teacher_source is not None
+            and stage.teacher_needs()
             and request.logits_only
             and hasattr(datamodule, "train_eval_dataloader")
         ):
             self.teacher_source.prefill_logits(datamodule.train_eval_dataloader(), self.device)
+
+    def _train_parts(self, stage: Stage) -> None:
+        """Freeze the student's parameters outside the stage's ``trains`` parts (every one the architecture
+        left trainable trains in a stage without ``trains``). The optimiser holds them all from the
+        start; a frozen parameter gets no gradient, and AdamW skips it (no step, no weight decay)."""
+        if all(s.trains is None for s in self.stages):
+            return
+        allowed: set[int] | None = None
+        if stage.trains is not None:
+            parts = self.model.parts()
+            allowed = {id(p) for part in stage.trains for m in parts[part] for p in m.parameters()}
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(
+                name in self._trainable and (allowed is None or id(parameter) in allowed)
+            )
 
     def on_train_epoch_end(self) -> None:
         if self.teacher_source is not None and self.global_rank == 0:
@@ -312,7 +347,9 @@ class Student(pl.LightningModule):
             rows = batch["domain_ids"] == self.target_index
         if not bool(rows.any()):
             return None
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+        logits = self.model.predict_logits(
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        )
         logits, labels = logits[rows], batch["labels"][rows]
         metric.update(logits, labels)
         self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), labels), batch_size=int(rows.sum()),
@@ -357,7 +394,9 @@ class Student(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Class probabilities (B, C)."""
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+        logits = self.model.predict_logits(
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        )
         return torch.softmax(logits.float(), dim=-1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -37,3 +37,12 @@ def tiny_tokenizer_dir(tmp_path_factory):
     # positional: the argument is `vocab_file` in transformers 4 and `vocab` (path or dict) in 5
     BertTokenizer(str(vocab)).save_pretrained(str(directory))
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_ckpt(tmp_path_factory):
+    """A tiny MetaTeacher checkpoint (``helpers.train_tiny_teacher``: 2 steps on the toy data), trained
+    once per session; tests only read it."""
+    from helpers import train_tiny_teacher
+
+    return train_tiny_teacher(str(tmp_path_factory.mktemp("tiny_teacher") / "teacher.ckpt"))

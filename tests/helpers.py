@@ -389,3 +389,19 @@ class MeanPoolMLPStudent(StudentModel):
     def forward(self, input_ids, attention_mask, token_type_ids=None, need=frozenset()) -> StudentOutput:
         pooled = self.mlp(masked_mean_pool(self.embeddings(input_ids), attention_mask))
         return StudentOutput(logits=self.classifier(pooled), pooled=pooled if "pooled" in need else None)
+
+
+class WeightSnapshots(pl.Callback):
+    """The Student's architecture weights (``module.model``) at the start of fit and after every epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _take(self, module: Any) -> None:
+        self.states.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+
+    def on_fit_start(self, trainer: Any, module: Any) -> None:
+        self._take(module)
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        self._take(module)

@@ -128,6 +128,10 @@ class Stage:
         lr: the stage's constant learning rate.
         weighted: multiply the per-instance loss by the method's instance weights.
         selects_model: False: ``val/acc`` is logged as 0 during this stage (see the module docstring).
+        trains: the parts of the student (``StudentModel.parts()``) that train in this stage; the Student
+            freezes its other parameters when the stage starts (they get no gradient, so the optimiser
+            does not step them). None: every parameter the architecture left trainable. The method's own
+            modules (projections, heads) always train.
     """
 
     name: str
@@ -136,6 +140,11 @@ class Stage:
     lr: float = 3e-5
     weighted: bool = False
     selects_model: bool = True
+    trains: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.trains is not None:
+            self.trains = frozenset(self.trains)
 
     @property
     def active_terms(self) -> list[LossTerm]:
@@ -173,6 +182,11 @@ class Distiller:
 
     def on_train_batch_start(self, module: Any, batch: Mapping[str, Tensor], stage: Stage) -> None:
         """A per-batch hook (e.g. a replacement rate that follows the step)."""
+
+    def check(self, context: DistillContext) -> None:
+        """Called once when the Student is built: refuse (``StudentConfigError``) a student or teacher
+        this method cannot train for a reason its loss terms do not declare (e.g. a method that drives
+        a module-replacing architecture). Default: nothing."""
 
 
 DISTILLERS: Registry[type[Distiller]] = Registry("distillation method")
@@ -240,8 +254,17 @@ def build_distiller(
 def check_needs(
     distiller: Distiller, stages: list[Stage], student: StudentModel, teacher: FrozenTeacher | None
 ) -> None:
-    """Refuse, at construction, a method whose terms need a student or teacher feature that is missing."""
+    """Refuse, at construction, a method whose terms need a student or teacher feature that is missing,
+    or whose stages train parts the student does not have."""
     for stage in stages:
+        if stage.trains is not None:
+            parts = set(student.parts())
+            unknown = sorted(stage.trains - parts)
+            if unknown:
+                raise StudentConfigError(
+                    f"distillation {distiller.name!r} (stage {stage.name!r}) trains the student's parts "
+                    f"{unknown}, but the student {type(student).__name__} has parts {sorted(parts)}"
+                )
         for term in stage.active_terms:
             missing = term.student_needs - student.provides
             if missing:

@@ -32,13 +32,16 @@ import inspect
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from metakd.errors import StudentConfigError
 from metakd.utils import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metakd.teachers import FrozenTeacher
 
 FEATURES: frozenset[str] = frozenset({"hidden", "attention", "pooled", "exit_logits"})
 """Features a student may provide besides ``logits`` (the :class:`StudentOutput` fields)."""
@@ -87,10 +90,17 @@ class StudentModel(nn.Module):
     """Base class of student architectures (a plain ``nn.Module``; the Lightning system wires it).
 
     Subclasses set ``provides`` and implement :meth:`forward`; ``num_layers`` / ``hidden_size`` describe
-    the ``hidden_states`` for layer maps (None when the student has none).
+    the ``hidden_states`` for layer maps (None when the student has none). Optional hooks:
+    :meth:`bind_teacher` (an architecture built around its teacher sets ``needs_teacher``), :meth:`parts`
+    (groups of modules a stage can train alone, ``Stage.trains``), :meth:`predict_logits` (inference that
+    differs from the training forward, e.g. early exit) and :meth:`export_onnx_extras`.
     """
 
     provides: ClassVar[frozenset[str]] = frozenset()
+    needs_teacher: ClassVar[bool] = False
+    """True: the architecture is built around the teacher it is trained against (BERT-of-Theseus runs the
+    teacher's frozen layers inside the student): the Student loads ``teacher_ckpt`` even when no loss term
+    reads the teacher, and refuses to build without one."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,6 +118,33 @@ class StudentModel(nn.Module):
 
     def prepare(self, need: frozenset[str]) -> None:
         """Called once with every feature the method will ask for (e.g. switch to eager attention)."""
+
+    def bind_teacher(self, teacher: FrozenTeacher) -> None:
+        """Called once by the Student, right after the architecture is built and before the method's
+        modules are, whenever the Student has a teacher. ``teacher.module`` is the frozen teacher (eval
+        mode, no gradients; never register it as a submodule: it would enter the student's checkpoint
+        and optimiser). Default: nothing."""
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """Named groups of this model's submodules that a stage can train alone (``Stage.trains``, e.g.
+        ``backbone``, ``classifier``, ``branches``); the Student freezes the other parameters for that
+        stage. Default: none."""
+        return {}
+
+    def predict_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """The logits of inference (the Student's validation, test and predict steps): by default the
+        forward's; an early-exit student exits early here while its forward runs every layer."""
+        return self(input_ids, attention_mask, token_type_ids).logits
+
+    def export_onnx_extras(
+        self, out_dir: Path, probe: dict[str, Tensor], opset: int, atol: float
+    ) -> dict[str, Any]:
+        """ONNX files beside ``model.onnx`` (which traces the forward's logits), written and checked by
+        the architecture itself when ``python -m metakd export --onnx`` runs (e.g. one graph per exit
+        point); returns what goes into the export report. Default: none."""
+        return {}
 
     def forward(
         self,
@@ -162,6 +199,14 @@ def student_class(name: str) -> type[StudentModel]:
             f"model.student_model.class_path {name!r} is {cls!r}, not a metakd.students.StudentModel subclass"
         )
     return cls
+
+
+def spec_needs_teacher(spec: dict[str, Any] | None) -> bool:
+    """Whether the architecture ``model.student_model`` names sets ``needs_teacher`` (False for the
+    default BERT student; a malformed spec is reported by :func:`build_student`)."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        return False
+    return bool(student_class(str(spec["class_path"])).needs_teacher)
 
 
 def build_student(spec: dict[str, Any], context: StudentContext) -> StudentModel:
@@ -227,7 +272,8 @@ def logits_only(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def load_exported(directory: str | Path) -> tuple[nn.Module, Any, list[str]]:
     """``(model, tokenizer, label_names)`` from an exported student directory: a metakd directory
-    (``metakd_student.json``) or a plain HF one. The model returns a :class:`StudentOutput` for a metakd
+    (``metakd_student.json``; its weights in ``model.safetensors``, or in the files its
+    ``weights_files`` lists) or a plain HF one. The model returns a :class:`StudentOutput` for a metakd
     directory and an HF output for an HF one (both have ``.logits``)."""
     from metakd.backbones import load_tokenizer
 
@@ -239,7 +285,10 @@ def load_exported(directory: str | Path) -> tuple[nn.Module, Any, list[str]]:
 
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         model = rebuild_student(meta)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        state: dict[str, Tensor] = {}
+        for name in meta.get("weights_files", [WEIGHTS_FILE]):  # e.g. an HF model's and extra weights
+            state.update(load_file(str(directory / name)))
+        model.load_state_dict(state)
         return model.eval(), tokenizer, list(meta["label_names"])
     from transformers import AutoModelForSequenceClassification
 

@@ -78,6 +78,31 @@ def build_student_model(
     return model.train()
 
 
+def bert_attention_mask(bert: nn.Module, hidden: Tensor, attention_mask: Tensor) -> Any:
+    """The mask BERT's layers take, built from a (B, T) 0/1 ``attention_mask`` as ``bert`` (a
+    ``BertModel``) builds it for its attention implementation: for architectures that run the layers
+    one by one (BERT-of-Theseus, early exit)."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers 4: an additive (B, 1, 1, T) mask
+        return bert.get_extended_attention_mask(attention_mask, attention_mask.shape)
+    return create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+
+def bert_embed(
+    bert: nn.Module, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None
+) -> tuple:
+    """``(embedding output, the layers' attention mask)`` of a ``BertModel`` for a batch."""
+    hidden = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    return hidden, bert_attention_mask(bert, hidden, attention_mask)
+
+
+def run_bert_layer(layer: nn.Module, hidden: Tensor, mask: Any) -> Tensor:
+    """One BERT layer's output states (transformers 4 returns a tuple, 5 the tensor)."""
+    out = layer(hidden, mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
 @STUDENTS.register("hf")
 class HFStudent(StudentModel):
     """A HuggingFace sequence classifier as a student: ``backbone`` cut to ``layers``, or a fresh
