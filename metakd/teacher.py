@@ -20,7 +20,10 @@ Instance weights w_i (``weighting``):
   selects the model (``val/acc``) and must not feed a training signal. With ``meta_heldout:
   other_domains`` instance i is weighted by its effect on the held-out examples of the other domains,
   which also excludes i itself from its own held-out set. The look-ahead loss is the unweighted
-  per-instance training loss, the held-out loss is the classification CE.
+  per-instance training loss, the held-out loss is the classification CE. ``meta_engine: jvp`` (the
+  default) computes the look-ahead's meta-gradient in closed form, ``higher`` by double backward (the
+  same weights, ``jvp`` is cheaper); ``meta_params: head`` / ``last_k`` restrict the look-ahead to the
+  heads (and the last ``meta_last_k`` encoder layers): cheaper still, approximate weights.
 - ``prototype+meta``: w_i = t_i * m_i. (Using t_i inside the look-ahead instead gives the same
   normalised weights for t_i > 0, since the meta-gradient is linear in each instance's loss.)
 - ``none``: ones (the mixed-domain baseline, with ``domain_loss: none``).

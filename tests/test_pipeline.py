@@ -301,10 +301,23 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
 
 
 def test_speed_benchmark_tiny(tmp_path: Path) -> None:
-    run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=120)
+    run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=300)
     report = json.loads((tmp_path / "speed.json").read_text())
     assert {"teacher", "student", "student_onnx", "student_onnx_int8"} <= set(report["inference"])
     assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])
+    # every meta-step option is timed against the plain step and compared with the exact weights
+    agreement = report["meta_agreement"]
+    for name in (
+        "meta_weighting",
+        "meta_weighting_jvp",
+        "meta_weighting_jvp_last1",
+        "meta_weighting_jvp_head",
+    ):
+        assert report["training"][name]["ratio"] > 0
+        assert -1 <= agreement[name]["pearson_w"] <= 1
+    assert agreement["meta_weighting"]["pearson_g"] == pytest.approx(1.0)
+    assert agreement["meta_weighting_jvp"]["pearson_g"] == pytest.approx(1.0, abs=1e-5)  # the same weights
+    assert "| meta weights | step ratio | r (g) | r (w) |" in (tmp_path / "speed.md").read_text()
     assert (tmp_path / "speed.md").read_text().startswith("# ")
 
 
