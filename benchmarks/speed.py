@@ -11,8 +11,10 @@ Writes ``speed.json``, ``speed.md`` and ``speed_pareto.png``:
   in each student's entry, and the accuracy / speed Pareto plot;
 - training cost ratios, measured side by side (interleaved repetitions, medians of per-step times):
   a Lightning ``Student`` step vs a bare PyTorch loop doing the same forward/backward/step (framework
-  overhead); a meta-weighted teacher step (``weighting: meta``) vs a plain one (``weighting: none``); an
-  epoch with cached teacher outputs vs an uncached one (vanilla KD student, ``cache_teacher_outputs``).
+  overhead); a meta-weighted teacher step (``weighting: meta``) vs a plain one (``weighting: none``), for
+  each way of computing the meta weights of :data:`META_OPTIONS`, with the correlation of their weights
+  with the exact ones on the same batches; an epoch with cached teacher outputs vs an uncached one
+  (vanilla KD student, ``cache_teacher_outputs``).
 
 Adding a student to the benchmark is one :class:`ModelSpec` entry in :data:`STUDENTS` (name, words, the
 ``metakd.Student`` arguments that build it, and its accuracy row). ``--tiny`` uses tiny random models and
@@ -50,6 +52,21 @@ TINY_TEACHER = {
     "max_position_embeddings": 160,
 }
 TINY_STUDENT = {**TINY_TEACHER, "hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}
+
+META_OPTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "meta_weighting": ({"meta_engine": "higher"}, "look-ahead by double backward (higher), all parameters"),
+    "meta_weighting_jvp": ({"meta_engine": "jvp"}, "closed form (jvp), all parameters"),
+    "meta_weighting_jvp_last1": (
+        {"meta_engine": "jvp", "meta_params": "last_k", "meta_last_k": 1},
+        "closed form (jvp), heads + last encoder layer",
+    ),
+    "meta_weighting_jvp_head": (
+        {"meta_engine": "jvp", "meta_params": "head"},
+        "closed form (jvp), heads only",
+    ),
+}
+"""The MetaTeacher meta-step options the benchmark times against a plain step; the first is the exact
+reference the others' weights are compared with."""
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -427,20 +444,27 @@ def training_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         "Student training step (no KD) vs a bare PyTorch loop",
     )
 
-    # 2. meta-weighted teacher step vs a plain one (both: domain loss off, same data), interleaved.
-    meta, plain = [], []
+    # 2. meta-weighted teacher steps (each option) vs a plain one (domain loss off, same data), interleaved.
+    plain: list[float] = []
+    meta: dict[str, list[float]] = {name: [] for name in META_OPTIONS}
     for rep in range(args.train_reps):
-        pl.seed_everything(rep, verbose=False)
-        meta += lightning_steps(
-            make_teacher(args, dm, weighting="meta", domain_loss="none"), dm, args.steps + 1
-        )
         pl.seed_everything(rep, verbose=False)
         plain += lightning_steps(
             make_teacher(args, dm, weighting="none", domain_loss="none"), dm, args.steps + 1
         )
-    results["meta_weighting"] = ratio_entry(
-        "meta_step", meta, "plain_step", plain, "teacher step with meta-gradient weights vs weighting none"
-    )
+        for name, (options, _) in META_OPTIONS.items():
+            pl.seed_everything(rep, verbose=False)
+            meta[name] += lightning_steps(
+                make_teacher(args, dm, weighting="meta", domain_loss="none", **options), dm, args.steps + 1
+            )
+    for name, (_, what) in META_OPTIONS.items():
+        results[name] = ratio_entry(
+            "meta_step",
+            meta[name],
+            "plain_step",
+            plain,
+            f"teacher step with meta weights ({what}) vs weighting none",
+        )
 
     # 3. an epoch with cached teacher outputs vs an uncached epoch (vanilla KD student on one domain).
     teacher_path = workdir / "teacher.ckpt"
@@ -475,6 +499,66 @@ def training_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         "vanilla-KD epoch with cached teacher logits vs uncached",
     )
     return results
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+
+def meta_weight_agreement(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Meta weights of each :data:`META_OPTIONS` entry vs the exact ones (the first), on the same pairs of
+    (training batch, held-out batch) and domain-corruption targets, dropout off (deterministic weights):
+    Pearson r of the raw meta-gradients g and of the normalised weights w. ``dropout_noise``: the exact
+    weights with dropout on, two draws against each other (how much a training step's weights vary
+    anyway)."""
+    from metakd.losses import domain_corruption_targets
+
+    dm = make_datamodule(args, workdir)
+    dm.setup("fit")
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    teacher = make_teacher(args, dm, weighting="meta")
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append(batch)
+        if len(batches) == 2 * args.agreement_pairs:
+            break
+    pairs = [
+        (train, heldout, domain_corruption_targets(train["domain_ids"], generator=generator))
+        for train, heldout in zip(batches[::2], batches[1::2])
+    ]
+    (reference_name, (reference_options, _)), *_ = META_OPTIONS.items()
+
+    def weights(options: dict[str, Any], train_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher.network.train(train_mode)
+        overrides = {
+            "engine": options.get("meta_engine"),
+            "meta_params": options.get("meta_params", "all"),
+            "meta_last_k": options.get("meta_last_k", 1),
+        }
+        results = [
+            teacher.meta_weights(train, heldout, targets, **overrides) for train, heldout, targets in pairs
+        ]
+        return torch.cat([r.gradients for r in results]), torch.cat([r.weights for r in results])
+
+    exact_g, exact_w = weights(reference_options)
+    report: dict[str, Any] = {
+        "pairs": len(pairs),
+        "batch_size": len(pairs[0][0]["labels"]),
+        "domains": len(dm.domain_names),
+    }
+    for name, (options, what) in META_OPTIONS.items():
+        g, w = (exact_g, exact_w) if name == reference_name else weights(options)
+        report[name] = {"what": what, "pearson_g": pearson(g, exact_g), "pearson_w": pearson(w, exact_w)}
+    torch.manual_seed(1)
+    first_g, first_w = weights(reference_options, train_mode=True)
+    second_g, second_w = weights(reference_options, train_mode=True)
+    report["dropout_noise"] = {
+        "what": "exact weights, dropout on: two draws",
+        "pearson_g": pearson(first_g, second_g),
+        "pearson_w": pearson(first_w, second_w),
+    }
+    return report
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -618,6 +702,25 @@ def render(report: dict[str, Any]) -> str:
                 f"{k} {v['median_s'] * 1000:.1f} ms" for k, v in entry.items() if isinstance(v, dict)
             )
             lines.append(f"| {entry['what']} | {entry['ratio']:.2f}x | {medians} |")
+    agreement = report.get("meta_agreement")
+    if agreement:
+        lines += [
+            "",
+            f"Meta weights vs the exact ones (`{next(iter(META_OPTIONS))}`) on the same {agreement['pairs']} "
+            f"pairs of training and held-out batches of {agreement['batch_size']} ({agreement['domains']} "
+            "domains, `other_domains`, domain-corruption loss), dropout off; Pearson r of the meta-gradients "
+            "g and of the weights w:",
+            "",
+            "| meta weights | step ratio | r (g) | r (w) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, entry in agreement.items():
+            if isinstance(entry, dict):
+                ratio = (report.get("training") or {}).get(name, {}).get("ratio")
+                lines.append(
+                    f"| {entry['what']} | {'—' if ratio is None else f'{ratio:.2f}x'} | "
+                    f"{entry['pearson_g']:.4f} | {entry['pearson_w']:.4f} |"
+                )
     lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
 
@@ -635,6 +738,12 @@ def carried_training(out: Path) -> dict[str, Any] | None:
         if "carried over" not in entry["what"]:
             entry["what"] += f" (carried over: measured at {commit})"
     return training or None
+
+
+def carried_meta_agreement(out: Path) -> dict[str, Any] | None:
+    """The meta-weight agreement of the previous ``speed.json`` in ``out`` (``--no-training``)."""
+    path = out / "speed.json"
+    return json.loads(path.read_text()).get("meta_agreement") if path.is_file() else None
 
 
 def load_average() -> str:
@@ -677,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     args.train_reps = 2 if args.quick else 3
     args.steps = 3 if args.quick else 8
     args.epoch_batches = 3 if args.quick else 8
+    args.agreement_pairs = 2 if args.quick else 6
     if args.tiny:
         args.train_seq = 32
     out = Path(args.out)
@@ -711,7 +821,12 @@ def main(argv: list[str] | None = None) -> int:
             spec.name: acc for spec in STUDENTS if (acc := accuracy_retained(out, spec)) is not None
         }
         report["pareto_png"] = plot_pareto(report, out / "speed_pareto.png")
-        report["training"] = carried_training(out) if args.no_training else training_benchmark(args, workdir)
+        if args.no_training:  # the training ratios and meta-weight agreement of the previous speed.json
+            report["training"] = carried_training(out)
+            report["meta_agreement"] = carried_meta_agreement(out)
+        else:
+            report["training"] = training_benchmark(args, workdir)
+            report["meta_agreement"] = meta_weight_agreement(args, workdir)
         report["versions"] = package_versions()
         report["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "speed.json", report)

@@ -97,17 +97,27 @@ def weighted_teacher_loss(
 class GradientReversal(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by ``-scale`` (Ganin & Lempitsky 2015).
 
-    The backward is made of differentiable ops, so a double backward (the meta look-ahead) works.
+    The backward is made of differentiable ops, so a double backward (the meta look-ahead) works; the
+    forward-mode derivative is reversed too (:mod:`metakd.weighting`, engine ``jvp``).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        ctx.scale = scale
+    def forward(x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, float], output: Tensor) -> None:  # type: ignore[override]
+        ctx.scale = inputs[1]
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad_output * (-ctx.scale), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, scale_tangent: None) -> Tensor:  # type: ignore[override]
+        # Forward mode moves with the update the backward defines (the meta weights' ``jvp`` engine
+        # takes grad l_i . v with the reversed gradient, as the look-ahead's SGD step does).
+        return x_tangent * (-ctx.scale)
 
 
 def reverse_gradient(x: Tensor, scale: float = 1.0) -> Tensor:

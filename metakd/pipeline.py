@@ -873,49 +873,89 @@ def selected(cell: Cell, kinds: list[str] | None = None, patterns: list[str] | N
     return not patterns or any(fnmatch.fnmatchcase(cell.name, p) for p in patterns)
 
 
-def run_all(
-    config: dict[str, Any],
-    in_process: bool = False,
-    stream: Any = None,
-    kinds: list[str] | None = None,
-    patterns: list[str] | None = None,
-) -> dict[str, int]:
-    """Run every cell of every seed (or those ``kinds``/``patterns`` select), seed after seed, with a
-    progress line per cell; returns counts per status."""
-    stream = stream or sys.stdout
-    cells = [cell for cell in plan_cells(config) if selected(cell, kinds, patterns)]
-    jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
-    counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    durations: dict[str, list[float]] = {"teacher": [], "student": []}
-    started = time.monotonic()
-    width = len(str(len(jobs)))
-    live = hasattr(stream, "isatty") and stream.isatty()
-    for index, (seed, cell) in enumerate(jobs, 1):
-        if live:  # the running cell on a terminal, overwritten by its result line
+class Progress:
+    """One line per finished cell (status, seconds, elapsed, ETA) and the counts per status."""
+
+    def __init__(
+        self, config: dict[str, Any], jobs: list[tuple[int, Cell]], stream: Any, parallel: int = 1
+    ) -> None:
+        self.config, self.jobs, self.stream, self.parallel = config, jobs, stream, max(1, parallel)
+        self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+        self.durations: dict[str, list[float]] = {"teacher": [], "student": []}
+        self.finished: set[tuple[int, str]] = set()
+        self.started = time.monotonic()
+        self.width = len(str(len(jobs)))
+
+    def running(self, seed: int, cell: Cell) -> None:
+        """The running cell on a terminal, overwritten by its result line."""
+        if hasattr(self.stream, "isatty") and self.stream.isatty():
             print(
-                f"[{index:{width}d}/{len(jobs)}] seed {seed} {cell.name:<36} running...",
+                f"[{len(self.finished) + 1:{self.width}d}/{len(self.jobs)}] seed {seed} {cell.name:<36} "
+                "running...",
                 end="\r",
-                file=stream,
+                file=self.stream,
                 flush=True,
             )
-        status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
-        counts[status] += 1
+
+    def report(self, seed: int, cell: Cell, status: str, seconds: float, message: str) -> None:
+        self.counts[status] += 1
         if status == "done":
-            durations[cell.kind].append(seconds)
-        remaining = [c for s, c in jobs[index:] if not (cell_dir(config, s, c.name) / RESULT_FILE).is_file()]
-        eta = estimate_eta(remaining, durations)
-        elapsed = time.monotonic() - started
+            self.durations[cell.kind].append(seconds)
+        self.finished.add((seed, cell.name))
+        remaining = [
+            c
+            for s, c in self.jobs
+            if (s, c.name) not in self.finished
+            and not (cell_dir(self.config, s, c.name) / RESULT_FILE).is_file()
+        ]
+        eta = estimate_eta(remaining, self.durations, self.parallel)
+        elapsed = time.monotonic() - self.started
         line = (
-            f"[{index:{width}d}/{len(jobs)}] seed {seed} {cell.name:<36} {status:<7} "
+            f"[{len(self.finished):{self.width}d}/{len(self.jobs)}] seed {seed} {cell.name:<36} {status:<7} "
             f"{seconds:7.1f}s | elapsed {format_seconds(elapsed)} | ETA {eta}"
         )
         if message:
             line += f" | {message}"
-        print(line, file=stream, flush=True)
-    return counts
+        print(line, file=self.stream, flush=True)
 
 
-def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]]) -> str:
+def run_all(
+    config: dict[str, Any],
+    in_process: bool = False,
+    stream: Any = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    kinds: list[str] | None = None,
+    patterns: list[str] | None = None,
+) -> dict[str, int]:
+    """Run every cell of every seed (or those ``kinds``/``patterns`` select) with a progress line per
+    cell; returns counts per status.
+
+    One cell after another in this process by default; on Ray (:mod:`metakd.ray_dispatch`) with
+    ``workers`` > 1 (a local instance running that many cells at a time) or a ``ray_address``."""
+    cells = [cell for cell in plan_cells(config) if selected(cell, kinds, patterns)]
+    jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
+    progress = Progress(config, jobs, stream or sys.stdout, parallel=workers)
+    if workers > 1 or ray_address:
+        from metakd.ray_dispatch import run_on_ray
+
+        run_on_ray(
+            config,
+            jobs,
+            progress.report,
+            in_process=in_process,
+            workers=workers if workers > 1 or not ray_address else None,
+            address=ray_address,
+        )
+        return progress.counts
+    for seed, cell in jobs:
+        progress.running(seed, cell)
+        status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
+        progress.report(seed, cell, status, seconds, message)
+    return progress.counts
+
+
+def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]], parallel: int = 1) -> str:
     if not remaining:
         return "0s"
     known = [d for values in durations.values() for d in values]
@@ -925,7 +965,7 @@ def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]]) -> st
     for cell in remaining:
         values = durations[cell.kind] or known
         total += statistics.median(values)
-    return format_seconds(total)
+    return format_seconds(total / parallel)
 
 
 def format_seconds(seconds: float) -> str:
@@ -1373,6 +1413,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the cells' fit/test in this process instead of subprocesses (config key `in_process`)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="run this many cells at a time on a local Ray instance (config key `workers`; default 1: one "
+        "after another in this process). Needs pip install 'metakd[ray]'",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="run the cells on the Ray cluster at this address, e.g. ray://head:10001 or auto "
+        "(config key `ray_address`); runs_dir must be on a filesystem the nodes share",
+    )
     return parser
 
 
@@ -1386,6 +1437,12 @@ def main(argv: list[str] | None = None) -> int:
     check_choices(args.config, config)
     if args.in_process:
         config["in_process"] = True
+    for key in ("workers", "ray_address"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    workers = config.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise PipelineError(f"`workers` (--workers) must be a whole number >= 1, got {workers!r}")
     if args.plan:
         for cell in plan_cells(config):
             if selected(cell, args.kinds, args.cells):
@@ -1395,7 +1452,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
         print(f"budget: {budget_line(config)}", flush=True)
-        counts = run_all(config, in_process=bool(config["in_process"]), kinds=args.kinds, patterns=args.cells)
+        counts = run_all(
+            config,
+            in_process=bool(config["in_process"]),
+            workers=workers,
+            ray_address=config.get("ray_address"),
+            kinds=args.kinds,
+            patterns=args.cells,
+        )
         print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     json_path, md_path = write_results(config)
     report = md_path.read_text(encoding="utf-8")

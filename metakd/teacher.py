@@ -20,7 +20,10 @@ Instance weights w_i (``weighting``):
   selects the model (``val/acc``) and must not feed a training signal. With ``meta_heldout:
   other_domains`` instance i is weighted by its effect on the held-out examples of the other domains,
   which also excludes i itself from its own held-out set. The look-ahead loss is the unweighted
-  per-instance training loss, the held-out loss is the classification CE.
+  per-instance training loss, the held-out loss is the classification CE. ``meta_engine: jvp`` (the
+  default) computes the look-ahead's meta-gradient in closed form, ``higher`` by double backward (the
+  same weights, ``jvp`` is cheaper); ``meta_params: head`` / ``last_k`` restrict the look-ahead to the
+  heads (and the last ``meta_last_k`` encoder layers): cheaper still, approximate weights.
 - ``prototype+meta``: w_i = t_i * m_i. (Using t_i inside the look-ahead instead gives the same
   normalised weights for t_i > 0, since the meta-gradient is linear in each instance's loss.)
 - ``none``: ones (the mixed-domain baseline, with ``domain_loss: none``).
@@ -66,13 +69,14 @@ from metakd.prototypes import (
 )
 from metakd.utils import adamw_param_groups
 from metakd.validation import check_teacher_options
-from metakd.weighting import HeldoutRule, meta_instance_weights
+from metakd.weighting import HeldoutRule, MetaEngine, MetaWeights, meta_instance_weights
 
 log = logging.getLogger(__name__)
 
 Weighting = Literal["prototype", "meta", "prototype+meta", "none"]
 DomainLoss = Literal["corruption", "reversal", "none"]
 PrototypeGranularity = Literal["domain", "domain_class"]
+MetaParams = Literal["all", "head", "last_k"]
 
 # Hyperparameters a checkpoint must share with the model that loads it.
 IDENTITY_HPARAMS = ("backbone", "num_domains", "num_labels", "domain_names", "label_names", "encoder_config")
@@ -147,6 +151,19 @@ def build_encoder(
     return encoder
 
 
+def encoder_layers(encoder: nn.Module) -> tuple[str, int]:
+    """(module path, count) of the encoder's stack of layers: the ``nn.ModuleList`` with
+    ``config.num_hidden_layers`` entries (``encoder.layer`` in BERT)."""
+    count = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return name, count
+    raise ValueError(
+        f"meta_params 'last_k' needs the encoder's layer stack (a ModuleList of config.num_hidden_layers="
+        f"{count} layers); {type(encoder).__name__} has none. Use meta_params 'all' or 'head'."
+    )
+
+
 def _attn_implementation(encoder: nn.Module) -> str | None:
     config = getattr(encoder, "config", None)
     return getattr(config, "_attn_implementation", None)
@@ -173,6 +190,24 @@ class EncoderNetwork(nn.Module):
 
     encoder: nn.Module
     dropout: nn.Module
+
+    def meta_parameter_names(self, scope: MetaParams, last_k: int = 1) -> list[str] | None:
+        """The parameters the meta look-ahead moves: ``all`` (None: every trainable one), ``head``
+        (the heads on the encoder) or ``last_k`` (the heads and the encoder's last ``last_k`` layers)."""
+        if scope == "all":
+            return None
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
+        names = [name for name in trainable if not name.startswith("encoder.")]
+        if scope == "last_k":
+            prefix, count = encoder_layers(self.encoder)
+            if not 1 <= last_k <= count:
+                raise ConfigError(
+                    f"model.init_args.meta_last_k must be between 1 and the encoder's {count} layers, "
+                    f"got {last_k}"
+                )
+            layers = tuple(f"encoder.{prefix}.{i}." for i in range(count - last_k, count))
+            names += [name for name in trainable if name.startswith(layers)]
+        return names
 
     def use_eager_attention(self) -> None:
         """Switch the encoder to eager attention (sdpa returns no attention probabilities)."""
@@ -313,6 +348,12 @@ class MetaTeacher(pl.LightningModule):
         meta_inner_lr: learning rate of the inner differentiable SGD step (the normalised weights do
             not depend on it except numerically).
         meta_heldout: ``other_domains`` (Meta-KD rule) or ``all`` held-out examples.
+        meta_engine: how the meta-gradient is computed: ``jvp`` (its closed form, one held-out backward
+            and one forward-mode pass) or ``higher`` (the look-ahead by double backward); the same
+            weights (:mod:`metakd.weighting`).
+        meta_params: the parameters of the look-ahead: ``all``, ``head`` (the heads on the encoder) or
+            ``last_k`` (the heads and the last ``meta_last_k`` encoder layers): cheaper, approximate.
+        meta_last_k: the number of encoder layers of ``meta_params: last_k``.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: fraction of the estimated optimiser steps spent in linear warm-up.
@@ -348,6 +389,9 @@ class MetaTeacher(pl.LightningModule):
         meta_every_n_steps: int = 1,
         meta_inner_lr: float = 1e-3,
         meta_heldout: HeldoutRule = "other_domains",
+        meta_engine: MetaEngine = "jvp",
+        meta_params: MetaParams = "all",
+        meta_last_k: int = 1,
         learning_rate: float = 2e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
@@ -365,6 +409,8 @@ class MetaTeacher(pl.LightningModule):
         _check_choice("prototype_pooling", prototype_pooling, PrototypePooling)
         _check_choice("domain_loss", domain_loss, DomainLoss)
         _check_choice("meta_heldout", meta_heldout, HeldoutRule)
+        _check_choice("meta_engine", meta_engine, MetaEngine)
+        _check_choice("meta_params", meta_params, MetaParams)
         if num_labels < 2 or num_domains < 1:
             raise ConfigError(
                 f"need num_labels >= 2 and num_domains >= 1, got {num_labels} and {num_domains}"
@@ -398,6 +444,7 @@ class MetaTeacher(pl.LightningModule):
         self.network = self._build_network(
             encoder, num_labels, num_domains, dropout, domain_loss == "reversal"
         )
+        self._meta_param_names = self.network.meta_parameter_names(meta_params, meta_last_k)
         # from_pretrained returns the encoder in eval mode; Lightning keeps module modes, so without
         # this the encoder's dropout would stay off during training.
         self.network.train()
@@ -445,7 +492,7 @@ class MetaTeacher(pl.LightningModule):
             input_ids, attention_mask, token_type_ids, domain_ids, output_hidden_states, output_attentions
         )
 
-    def _run(self, batch: dict[str, Tensor], network: nn.Module | None = None) -> TeacherOutput:
+    def _run(self, batch: dict[str, Tensor], network: Any = None) -> TeacherOutput:
         network = self.network if network is None else network
         return network(
             input_ids=batch["input_ids"],
@@ -683,20 +730,44 @@ class MetaTeacher(pl.LightningModule):
             "the datamodule's train_dataloader() is empty: no held-out batch for meta weighting"
         )
 
-    def _meta_weights(self, batch: dict[str, Tensor], domain_targets: Tensor | None) -> Tensor:
+    def meta_weights(
+        self,
+        batch: dict[str, Tensor],
+        heldout: dict[str, Tensor],
+        domain_targets: Tensor | None,
+        engine: MetaEngine | None = None,
+        meta_params: MetaParams | None = None,
+        meta_last_k: int | None = None,
+    ) -> MetaWeights:
+        """The meta weights of ``batch`` against the held-out batch ``heldout`` (:mod:`metakd.weighting`):
+        the look-ahead loss is the unweighted training loss, the held-out loss the classification CE.
+        ``engine``, ``meta_params`` and ``meta_last_k`` override the hyperparameters (to compare them
+        on the same batches, as ``benchmarks/speed.py`` does)."""
         hp = self.hparams
-        heldout = self._next_heldout_batch()
         lam = hp.domain_loss_weight
+        param_names = self._meta_param_names
+        if meta_params is not None or meta_last_k is not None:
+            param_names = self.network.meta_parameter_names(
+                meta_params or hp.meta_params, hp.meta_last_k if meta_last_k is None else meta_last_k
+            )
+        train = dict(batch) if domain_targets is None else {**batch, "domain_targets": domain_targets}
 
-        def train_losses(network: nn.Module) -> Tensor:
-            out = self._run(batch, network)
-            cls, dom = teacher_loss_terms(out.logits, batch["labels"], out.domain_logits, domain_targets, lam)
+        def rows_of(tensors: dict[str, Tensor], rows: Tensor | None) -> dict[str, Tensor]:
+            return tensors if rows is None else {k: v[rows] for k, v in tensors.items()}
+
+        def train_losses(network: Any, rows: Tensor | None) -> Tensor:
+            part = rows_of(train, rows)
+            out = self._run(part, network)
+            cls, dom = teacher_loss_terms(
+                out.logits, part["labels"], out.domain_logits, part.get("domain_targets"), lam
+            )
             return cls + lam * dom
 
-        def heldout_losses(network: nn.Module) -> Tensor:
-            return per_instance_cross_entropy(self._run(heldout, network).logits, heldout["labels"])
+        def heldout_losses(network: Any, rows: Tensor | None) -> Tensor:
+            part = rows_of(heldout, rows)
+            return per_instance_cross_entropy(self._run(part, network).logits, part["labels"])
 
-        result = meta_instance_weights(
+        return meta_instance_weights(
             self.network,
             train_losses,
             heldout_losses,
@@ -704,7 +775,12 @@ class MetaTeacher(pl.LightningModule):
             heldout=hp.meta_heldout,
             train_domains=batch["domain_ids"],
             heldout_domains=heldout["domain_ids"],
+            engine=engine or hp.meta_engine,
+            param_names=param_names,
         )
+
+    def _meta_weights(self, batch: dict[str, Tensor], domain_targets: Tensor | None) -> Tensor:
+        result = self.meta_weights(batch, self._next_heldout_batch(), domain_targets)
         self.log(
             "train/meta_fallback",
             float(result.fallback_uniform),

@@ -313,9 +313,9 @@ def test_meta_look_ahead_runs_in_fp32_under_bf16_mixed(monkeypatch: pytest.Monke
     real = teacher_module.meta_instance_weights
 
     def spy(model, train_losses_fn, heldout_losses_fn, **kwargs):
-        def train_losses(fmodel):
+        def train_losses(fmodel, rows):
             seen["look_ahead"].append(torch.is_autocast_enabled("cpu"))
-            return train_losses_fn(fmodel)
+            return train_losses_fn(fmodel, rows)
 
         seen["step"].append(torch.is_autocast_enabled("cpu"))
         return real(model, train_losses, heldout_losses_fn, **kwargs)
@@ -327,5 +327,6 @@ def test_meta_look_ahead_runs_in_fp32_under_bf16_mixed(monkeypatch: pytest.Monke
     trainer = tiny_trainer(precision="bf16-mixed")
     trainer.fit(model, datamodule=data)
     assert seen["step"] == [True, True]  # training_step runs under autocast ...
-    assert seen["look_ahead"] == [False, False]  # ... the look-ahead with autocast off (fp32)
+    # ... the look-ahead with autocast off (fp32); the jvp engine evaluates one sub-batch per training domain
+    assert seen["look_ahead"] and set(seen["look_ahead"]) == {False}
     assert torch.isfinite(flat_params(model.network)).all()

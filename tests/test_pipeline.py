@@ -326,3 +326,77 @@ def test_shipped_pipeline_configs_resolve_in_the_cli(
         if cell.kind == "student":
             assert printed["data"]["init_args"]["target_domain"] == cell.info["domain"], cell.name
             assert printed["trainer"]["max_epochs"] == config["student"]["trainer"]["max_epochs"]
+
+
+def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A local Ray instance with 2 workers runs the cells (students after their teacher) with the same
+    results as the sequential run; a failing cell is run twice, then recorded, and the rest go on."""
+    pytest.importorskip("ray", reason="Ray is the optional extra metakd[ray] (scripts/setup.sh installs it)")
+    from metakd import ray_dispatch
+
+    config_path = tiny_pipeline_config(tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    config["variants"] = {
+        "broken": {"method": "vanilla", "teacher": "meta", "model": {"distillation_options": {"no_such": 1}}}
+    }
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    common = ["--config", str(config_path), "--quick", "--in-process", "--studies", "main"]
+    assert pipeline.main([*common, "--methods", "meta"]) == 0
+    capsys.readouterr()
+    ray_runs = tmp_path / "ray_runs"
+    code = pipeline.main(
+        [*common, "--methods", "meta", "broken", "--workers", "2", "--runs-dir", str(ray_runs)]
+    )
+    out = capsys.readouterr().out
+    assert code == 1, out  # the broken cells failed
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(lines) == 5
+    order = [line.split()[3] for line in lines]
+    assert order.index("teacher/meta") < min(order.index(f"student/meta/{d}") for d in DOMAINS)
+    for domain in DOMAINS:
+        sequential = json.loads(
+            (tmp_path / "runs" / "tiny_quick" / "1" / f"student/meta/{domain}/result.json").read_text()
+        )
+        parallel = json.loads(
+            (ray_runs / "tiny_quick" / "1" / f"student/meta/{domain}/result.json").read_text()
+        )
+        assert parallel["metrics"] == sequential["metrics"]
+        assert json.dumps(parallel["config"]).replace(str(ray_runs), str(tmp_path / "runs")) == json.dumps(
+            sequential["config"]
+        )
+        broken = ray_runs / "tiny_quick" / "1" / f"student/broken/{domain}"
+        failure = json.loads((broken / ray_dispatch.FAILURE_FILE).read_text())
+        assert failure["attempts"] == 2 and "fit failed" in failure["messages"][0]
+        assert "no_such" in (broken / "fit.log").read_text()
+        assert not (broken / pipeline.RESULT_FILE).exists()
+    assert sum(" failed " in line and "after 2 attempts" in line for line in lines) == 2
+    teacher = "teacher/meta/result.json"
+    assert (
+        json.loads((ray_runs / "tiny_quick" / "1" / teacher).read_text())["metrics"]
+        == json.loads((tmp_path / "runs" / "tiny_quick" / "1" / teacher).read_text())["metrics"]
+    )
+
+
+def test_each_ray_cell_asks_for_its_cpus_or_gpus(tmp_path: Path) -> None:
+    from metakd.ray_dispatch import cell_resources
+
+    config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path), quick=True)
+    config["studies"], config["methods"] = ["main"], ["meta"]
+    teacher, student, _ = pipeline.plan_cells(config)
+    assert cell_resources(config, 1, teacher) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    config["cell_cpus"] = 2
+    config["student"]["trainer"].update(accelerator="gpu", devices=[0, 1])
+    assert cell_resources(config, 1, student) == {"num_cpus": 2.0, "num_gpus": 2.0}
+    assert cell_resources(config, 1, teacher) == {"num_cpus": 2.0, "num_gpus": 0.0}
+    config["student"]["trainer"]["devices"] = "auto"
+    with pytest.raises(
+        pipeline.PipelineError, match="student/meta/books: on Ray a GPU cell needs trainer.devices"
+    ):
+        cell_resources(config, 1, student)
+    config["cell_cpus"] = 0
+    with pytest.raises(pipeline.PipelineError, match="`cell_cpus` must be a positive number"):
+        cell_resources(config, 1, teacher)
+    with pytest.raises(
+        pipeline.PipelineError, match=r"`workers` \(--workers\) must be a whole number >= 1, got 0"
+    ):
+        pipeline.main(["--config", str(tmp_path / "benchmark.yaml"), "--workers", "0"])

@@ -54,5 +54,18 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
             assert row["p50_latency_ms"] > 0 and row["size_mb"] > 0
     assert report["inference"]["teacher"]["runtimes"]["onnx"]["speedup_vs_teacher"] == pytest.approx(1.0)
     assert {"framework_overhead", "meta_weighting", "teacher_cache"} <= set(report["training"])
+    # every meta-step option is timed against the plain step and compared with the exact weights
+    agreement = report["meta_agreement"]
+    for name in (
+        "meta_weighting",
+        "meta_weighting_jvp",
+        "meta_weighting_jvp_last1",
+        "meta_weighting_jvp_head",
+    ):
+        assert report["training"][name]["ratio"] > 0
+        assert -1 <= agreement[name]["pearson_w"] <= 1
+    assert agreement["meta_weighting"]["pearson_g"] == pytest.approx(1.0)
+    assert agreement["meta_weighting_jvp"]["pearson_g"] == pytest.approx(1.0, abs=1e-5)  # the same weights
     markdown = (tmp_path / "speed.md").read_text()
+    assert "| meta weights | step ratio | r (g) | r (w) |" in markdown
     assert markdown.startswith("# ") and "| pqrnn | onnx_int8 |" in markdown
