@@ -229,6 +229,8 @@ EXTRA_COMMANDS = {
     "export": "metakd.export",
     "sweep": "metakd.sweep",
     "pipeline": "metakd.pipeline",
+    "search": "metakd.search.command",
+    "robustness": "metakd.robustness.command",
 }
 
 
