@@ -84,7 +84,7 @@ def registered_methods() -> list[str]:
     return DISTILLERS.names()
 
 
-VARIANT_KEYS = ("method", "label", "teacher", "model", "data")
+VARIANT_KEYS = ("method", "label", "teacher", "model", "data", "search")
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class RowSpec:
     teacher_role: str | None
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    search: str | None = None  # a search config: the architecture is searched per domain first
 
 
 def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
@@ -120,6 +121,7 @@ def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
         role,
         dict(variant.get("model") or {}),
         dict(variant.get("data") or {}),
+        variant.get("search"),
     )
 
 
@@ -349,6 +351,12 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         info.setdefault("row", f"student_{method}")
         if fraction is not None:
             info["train_fraction"] = fraction
+        if spec.search is not None:  # the searched architecture of this domain (metakd.search)
+            searched = search_cell_name(method, domain)
+            overrides = {"config": spec.search, "data": {"init_args": {"target_domain": domain}}}
+            info_search = {"row": f"search_{method}", "domain": domain}
+            cells.setdefault(searched, Cell(searched, "search", overrides, list(needs), info_search))
+            needs = [*needs, searched]
         return student(
             name, {"model": {"init_args": model}, "data": {"init_args": data}}, needs, domain=domain, **info
         )
@@ -392,10 +400,12 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         )
         meta_teacher()
         student_cell("meta", domain, study="zero_shot_reference")
-    ordered = [c for c in cells.values() if c.kind == "teacher"] + [
-        c for c in cells.values() if c.kind == "student"
-    ]
-    return ordered
+    order = {"teacher": 0, "search": 1, "student": 2}
+    return sorted(cells.values(), key=lambda c: order[c.kind])  # stable: the planned order within a kind
+
+
+def search_cell_name(method: str, domain: str) -> str:
+    return f"search/{method}/{domain}"
 
 
 def cell_dir(config: dict[str, Any], seed: int, cell: str) -> Path:
@@ -407,7 +417,10 @@ def best_checkpoint(config: dict[str, Any], seed: int, cell: str) -> Path:
 
 
 def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
-    """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths."""
+    """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths (a search
+    cell: its search config <- target domain <- teacher, out, seed)."""
+    if cell.kind == "search":
+        return search_cell_config(config, seed, cell)
     merged = deep_merge(config[cell.kind], cell.overrides)
     directory = cell_dir(config, seed, cell.name)
     merged["seed_everything"] = int(seed)
@@ -424,6 +437,29 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
     init_args = merged.setdefault("model", {}).setdefault("init_args", {})
     if cell.needs:
         init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+    for need in cell.needs[1:]:
+        if need.startswith("search/"):  # the architecture this domain's search derived
+            student_model = init_args.setdefault("student_model", {})
+            architecture = str(cell_dir(config, seed, need) / "architecture.json")
+            student_model.setdefault("init_args", {})["architecture"] = architecture
+    return merged
+
+
+def search_cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
+    """The config of ``python -m metakd search`` for one domain (``variants.<row>.search`` names the file;
+    its ``data:`` defaults to the students' ``data:``)."""
+    path = Path(cell.overrides["config"])
+    try:
+        base = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"cannot read the search config {path} of {cell.name}: {err}") from err
+    # the students' data (same corpus, length, cache) unless the search config gives its own
+    merged = deep_merge(
+        deep_merge({"data": config["student"].get("data", {})}, base), {"data": cell.overrides["data"]}
+    )
+    merged["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+    merged["out"] = str(cell_dir(config, seed, cell.name))
+    merged["seed"] = int(seed)
     return merged
 
 
@@ -510,6 +546,18 @@ def run_cell(
     config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
     timeout = config.get("cell_timeout_s")
     start = time.monotonic()
+    if cell.kind == "search":
+        if (
+            _run_cli(["search", "--config", str(config_path)], directory / "search.log", in_process, timeout)
+            != 0
+        ):
+            return "failed", time.monotonic() - start, f"search failed, see {directory / 'search.log'}"
+        seconds = time.monotonic() - start
+        architecture = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
+        payload = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info, "metrics": {},
+                   "architecture": architecture, "seconds": round(seconds, 1), "config": full}  # fmt: skip
+        write_json(result_path, payload)
+        return "done", seconds, ""
     fit_marker = directory / "fit.done"
     if not fit_marker.is_file():
         args = ["fit", "--config", str(config_path)]
@@ -547,7 +595,7 @@ def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None
     cells = plan_cells(config)
     jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    durations: dict[str, list[float]] = {"teacher": [], "student": []}
+    durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
     started = time.monotonic()
     width = len(str(len(jobs)))
     live = hasattr(stream, "isatty") and stream.isatty()
@@ -560,6 +608,10 @@ def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None
                 flush=True,
             )
         status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
+        if status in ("done", "skipped") and config.get("robustness"):
+            failed = run_cell_robustness(config, seed, cell, in_process)
+            if failed:
+                status, message = "failed", failed
         counts[status] += 1
         if status == "done":
             durations[cell.kind].append(seconds)
@@ -574,6 +626,53 @@ def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None
             line += f" | {message}"
         print(line, file=stream, flush=True)
     return counts
+
+
+ROBUSTNESS_OPTIONS = {
+    key: "--" + key.replace("_", "-")
+    for key in ("max_examples", "seed", "max_fraction", "max_substitutions", "max_candidates", "source",
+                "wordnet_dir", "min_similarity")
+}  # fmt: skip
+"""Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
+
+
+def robustness_domains(config: dict[str, Any], cell: Cell) -> list[str]:
+    """The domains a main-study cell is attacked on (its domain; every domain for a pooled teacher)."""
+    if cell.kind == "search" or "study" in cell.info or "train_fraction" in cell.info:
+        return []
+    return [cell.info["domain"]] if "domain" in cell.info else list(config["domains"])
+
+
+def robustness_path(config: dict[str, Any], seed: int, cell: str, domain: str) -> Path:
+    return cell_dir(config, seed, cell) / f"robustness_{domain}.json"
+
+
+def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False) -> str:
+    """Attack a finished cell's best checkpoint on each of its domains (``robustness:`` settings); a report
+    made with the same settings is reused. Returns an error message, or "" when every attack ran."""
+    settings = dict(config["robustness"])
+    unknown = sorted(set(settings) - set(ROBUSTNESS_OPTIONS))
+    if unknown:
+        raise PipelineError(f"robustness: unknown keys {unknown}; known: {sorted(ROBUSTNESS_OPTIONS)}")
+    directory = cell_dir(config, seed, cell.name)
+    for domain in robustness_domains(config, cell):
+        path = robustness_path(config, seed, cell.name, domain)
+        if (
+            path.is_file()
+            and json.loads(path.read_text(encoding="utf-8")).get("pipeline_settings") == settings
+        ):
+            continue
+        args = ["robustness", "--ckpt", str(best_checkpoint(config, seed, cell.name)),
+                "--config", str(directory / "cell.yaml"), "--domain", domain, "--out", str(path)]  # fmt: skip
+        for key, value in settings.items():
+            if value is not None:
+                args += [ROBUSTNESS_OPTIONS[key], str(value)]
+        log_path = directory / f"robustness_{domain}.log"
+        if _run_cli(args, log_path, in_process, config.get("cell_timeout_s")) != 0 or not path.is_file():
+            return f"robustness failed, see {log_path}"
+        report = json.loads(path.read_text(encoding="utf-8"))
+        write_json(path, {**report, "pipeline_settings": settings})
+    return ""
 
 
 def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]]) -> str:
@@ -693,9 +792,44 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
                 ("seen", student_cell_name("meta", domain), None),
             )
         }
+    if config.get("robustness") and "main" in out:
+        out["robustness"] = collect_robustness(config, out["main"])
+    searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
+    if searched:
+        from metakd.search.adabert import describe
+
+        out["search"] = {
+            key: {"domain": r["info"]["domain"], "row": r["info"]["row"],
+                  "architecture": describe(r["architecture"]), **r["architecture"].get("cost", {}),
+                  "seconds": r["seconds"]}
+            for key, r in searched.items()
+        }  # fmt: skip
     out["train_and_test_seconds"] = round(sum(r["seconds"] for r in results.values() if r), 1)
     out["cells"] = {f"{seed}/{name}": result is not None for (seed, name), result in results.items()}
     return out
+
+
+def collect_robustness(config: dict[str, Any], main: dict[str, Any]) -> dict[str, Any]:
+    """Per main-table row and domain: clean accuracy, accuracy under attack and attack success rate of the
+    attacked examples (``robustness_<domain>.json`` of each cell), summarised over seeds."""
+    table: dict[str, Any] = {}
+    for key, row in main.items():
+        entry: dict[str, Any] = {"label": row["label"]}
+        for domain in config["domains"]:
+            values: dict[str, list[float]] = {
+                "clean_accuracy": [],
+                "accuracy_under_attack": [],
+                "attack_success_rate": [],
+            }
+            for seed in config["seeds"]:
+                path = robustness_path(config, seed, main_cell_name(key, domain), domain)
+                if path.is_file():
+                    report = json.loads(path.read_text(encoding="utf-8"))
+                    for metric in values:
+                        values[metric].append(report[metric])
+            entry[domain] = {metric: summarise(v) for metric, v in values.items()}
+        table[key] = entry
+    return table
 
 
 def main_cell_name(row: str, domain: str) -> str:
@@ -813,6 +947,49 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
             )
         if "seen" in zero:
             lines.append(f"| teacher saw the domain | {zero['seen']['domain']} | {fmt(zero['seen'])} |")
+        lines.append("")
+    if summary.get("robustness"):
+        settings = config["robustness"]
+        lines += [
+            "## Robustness",
+            "",
+            "Word-substitution attack (`python -m metakd robustness`, source "
+            f"{settings.get('source', 'wordnet')}, at "
+            f"most {100 * float(settings.get('max_fraction', 0.2)):.0f}% of the words, "
+            f"{settings.get('max_candidates', 8)} candidates per word) on "
+            f"{settings.get('max_examples', 100)} test "
+            "examples per domain (seeded): accuracy under attack (clean accuracy on the same examples), "
+            "and attack success rate.",
+            "",
+            "| method | " + " | ".join(domains) + " |",
+            "| --- |" + " ---: |" * len(domains),
+        ]
+        for row in summary["robustness"].values():
+            cells = [
+                f"{fmt(row[d]['accuracy_under_attack'])} ({fmt(row[d]['clean_accuracy'])})" for d in domains
+            ]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| attack success rate | " + " | ".join(domains) + " |",
+            "| --- |" + " ---: |" * len(domains),
+        ]
+        for row in summary["robustness"].values():
+            lines.append(
+                f"| {row['label']} | "
+                + " | ".join(fmt(row[d]["attack_success_rate"]) for d in domains)
+                + " |"
+            )
+        lines.append("")
+    if summary.get("search"):
+        header = "| cell | architecture | parameters | FLOPs/token | search time |"
+        lines += ["## Searched architectures", "", header,
+                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        for key, entry in summary["search"].items():
+            lines.append(
+                f"| {key} | {entry['architecture']} | {entry.get('parameters', 0):,} | "
+                f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
+            )
         lines.append("")
     lines += [
         f"Compute: {format_seconds(summary['train_and_test_seconds'])} of fit + test over all cells.",
