@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ToyMultiDomainDataModule, run_metakd, tiny_student, tiny_trainer, train_tiny_teacher
+from helpers import (
+    ToyMultiDomainDataModule,
+    run_metakd,
+    run_python,
+    tiny_student,
+    tiny_trainer,
+    train_tiny_teacher,
+)
 
 from metakd.errors import StudentConfigError
 from metakd.search.adabert import (
@@ -121,6 +128,24 @@ def test_derive_keeps_the_strongest_non_zero_operations() -> None:
     assert one["num_cells"] == 3 and one["cell"][1]["inputs"] == [[2, "maxpool3"]]
     with pytest.raises(StudentConfigError, match="alpha has shape"):
         derive(alpha[:4], depth, operations, nodes_per_cell=2)
+
+
+def test_a_hard_sample_runs_only_the_sampled_operation() -> None:
+    from metakd.search.adabert import MixedEdge
+
+    edge = MixedEdge(["conv3", "maxpool3", "identity"], 4)
+    x, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.long)
+    calls = []
+    for op in edge.ops:
+        op.register_forward_hook(lambda module, args, out: calls.append(module.name))
+    logits = torch.zeros(3, requires_grad=True)
+    weights = gumbel_softmax(logits, 1.0, hard=True, generator=torch.Generator().manual_seed(0))
+    chosen = int(weights.argmax())
+    out = edge(x, mask, weights)
+    assert calls == [edge.ops[chosen].name]
+    torch.testing.assert_close(out, edge.ops[chosen](x, mask))
+    out.sum().backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0  # straight-through
 
 
 def test_supernet_efficiency_loss_is_one_at_the_costliest_architecture() -> None:
@@ -303,6 +328,9 @@ def test_search_refuses_a_run_without_a_target_domain(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------- pipeline
 
 
+DOMAINS = ["books", "dvd"]
+
+
 def test_pipeline_searches_per_domain_and_reports_robustness(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -342,3 +370,19 @@ def test_pipeline_searches_per_domain_and_reports_robustness(
             assert entry["accuracy_under_attack"]["mean"] <= entry["clean_accuracy"]["mean"]
     markdown = (tmp_path / "results" / "tiny_quick.md").read_text()
     assert "## Robustness" in markdown and "## Searched architectures" in markdown
+
+    # the side-by-side report: accuracy and robustness from the cells, size and throughput measured
+    run_python(
+        "benchmarks/students.py", "--config", config_path, "--repeats", "1", "--seq", "12", "--batch", "2"
+    )
+    report = json.loads((tmp_path / "results" / "tiny_quick_students.json").read_text())
+    assert set(report["entries"]) == {
+        f"{row}/{d}" for row in ("teacher", "minilm_2l", "adabert") for d in DOMAINS
+    }
+    for entry in report["entries"].values():
+        assert entry["examples_per_s"] > 0 and entry["parameters"] > 0 and entry["accuracy"] is not None
+        assert entry["accuracy_under_attack"] <= entry["clean_accuracy"]
+    assert isinstance(report["architectures_differ_across_domains"], bool)
+    assert (
+        "Architectures searched per domain" in (tmp_path / "results" / "tiny_quick_students.md").read_text()
+    )

@@ -9,7 +9,9 @@ operation logits ``alpha`` (edges x operations), as in DARTS; the number of cell
 
 **Relaxation.** Each forward draws the edge weights and the depth weights with Gumbel-softmax,
 ``w = softmax((logits + g) / tau)``, ``g = -log(-log U)``, ``U ~ Uniform(0, 1)``, and the temperature is
-annealed exponentially, ``tau_t = tau_start * (tau_end / tau_start) ** (t / (T - 1))``.
+annealed exponentially, ``tau_t = tau_start * (tau_end / tau_start) ** (t / (T - 1))``. With ``hard`` the
+sample is the one-hot argmax with the soft sample's gradient (straight-through), and only the sampled
+operation of each edge is run (as in GDAS, Dong & Yang 2019): about 1/9 of the soft supernet's cost.
 
 **Loss.** ``L = (1 - gamma) * CE + gamma * L_KD + beta * L_E`` (AdaBERT's form; at the default
 ``gamma = 0.5`` it equals ``(1 - gamma) * (CE + L_KD)``). ``L_KD`` is the soft cross-entropy between the
@@ -125,8 +127,10 @@ class MixedEdge(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
         out = None
         for weight, op in zip(weights, self.ops):
-            if op.kind == "zero":
-                continue  # contributes nothing; skipping it keeps the sum exact
+            # zero contributes nothing; an operation a hard (one-hot) sample leaves out is not run at all
+            # (its weight is exactly 0: GDAS's saving; the sampled one carries the straight-through gradient)
+            if op.kind == "zero" or float(weight.detach()) == 0.0:
+                continue
             term = weight * op(x, mask)
             out = term if out is None else out + term
         return out if out is not None else torch.zeros_like(x)
