@@ -193,8 +193,8 @@ def render(summary: dict[str, Any]) -> str:
         f"Seed {summary['seed']}. Throughput: batch {m['batch']}, {m['seq']} tokens, {m['threads']} threads, "
         f"median of {m['repeats']} interleaved repetitions, all models in one run (the teacher and the "
         "MiniLM student timed once: their shape does not depend on the domain). Accuracy: test, selected on "
-        "dev. Robustness: accuracy under the word-substitution attack (clean accuracy on the attacked examples) and attack "
-        "success rate.",
+        "dev. Robustness: accuracy under the word-substitution attack (clean accuracy on the attacked "
+        "examples) and attack success rate.",
         "",
         "| domain | model | params | MB | ex/s | vs teacher | test acc | under attack (clean) | success |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
