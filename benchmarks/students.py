@@ -1,7 +1,7 @@
 """Searched students side by side: ``python benchmarks/students.py [--config <search pipeline config>]``.
 
 Reads the finished cells of the search pipeline (``python -m metakd pipeline --config
-configs/amazon/search_benchmark.yaml``) and writes ``<out>/<name>_students.{json,md,png}``: per domain, the
+configs/amazon/benchmark_search.yaml``) and writes ``<out>/<name>_students.{json,md,png}``: per domain, the
 teacher, the 2-layer MiniLM student and the AdaBERT student searched for that domain, on
 
 - accuracy (test, selected on dev) and robustness (accuracy under the word-substitution attack and the
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from metakd.utils import import_object
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "amazon" / "search_benchmark.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "amazon" / "benchmark_search.yaml"))
     parser.add_argument("--quick", action="store_true", help="the cells of the pipeline's --quick run")
     parser.add_argument("--runs-dir", help="the pipeline's runs_dir (default: the config's)")
     parser.add_argument("--seed", type=int, help="the cells' seed (default: the config's first)")

@@ -386,3 +386,37 @@ def test_pipeline_searches_per_domain_and_reports_robustness(
     assert (
         "Architectures searched per domain" in (tmp_path / "results" / "tiny_quick_students.md").read_text()
     )
+
+
+def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from helpers import REPO
+
+    from metakd import pipeline
+    from metakd.cli import main as cli_main
+    from metakd.search.command import build_parser
+
+    for name in ("adabert.yaml", "adabert_quick.yaml"):
+        path = REPO / "configs" / "amazon" / "search" / name
+        parsed = build_parser().parse_args(["--config", str(path), "--teacher_ckpt", "t.ckpt", "--out", "o"])
+        assert parsed.search.hard and parsed.data.init_args.max_length == 64
+    for quick in (False, True):
+        config = pipeline.load_pipeline_config(
+            REPO / "configs" / "amazon" / "benchmark_search.yaml", quick=quick
+        )
+        config["runs_dir"] = str(tmp_path)
+        cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+        assert {f"search/adabert/{d}" for d in config["domains"]} <= set(cells)
+        search = pipeline.cell_config(config, 42, cells["search/adabert/dvd"])
+        assert search["data"]["init_args"]["target_domain"] == "dvd" and search["search"]["steps"] == (
+            40 if quick else 150
+        )
+        student = pipeline.cell_config(config, 42, cells["student/adabert/dvd"])
+        path = tmp_path / "student.yaml"
+        path.write_text(yaml.safe_dump(student))
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["fit", "--config", str(path), "--print_config"])
+        assert exit_.value.code in (0, None)
+        printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+        assert printed["student_model"]["init_args"]["architecture"].endswith(
+            "search/adabert/dvd/architecture.json"
+        )

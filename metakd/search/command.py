@@ -1,4 +1,4 @@
-"""``python -m metakd search --config configs/amazon/adabert_search.yaml [--search.steps 100 ...]``.
+"""``python -m metakd search --config configs/amazon/search/adabert.yaml [--search.steps 100 ...]``.
 
 Searches an AdaBERT student for one target domain (:mod:`metakd.search.adabert`) and writes
 ``<out>/architecture.json`` (the derived architecture, human readable, with its cost) and
