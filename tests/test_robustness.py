@@ -180,3 +180,30 @@ def test_robustness_command_on_a_student_and_a_teacher(tmp_path: Path) -> None:
             assert len(example["substitutions"]) <= int(0.2 * example["num_words"])
     failed = run_metakd("robustness", "--ckpt", teacher, "--config", tmp_path / "cell.yaml", check=False)
     assert failed.returncode != 0 and "--domain" in failed.stderr
+
+
+def test_only_the_words_the_model_sees_are_attacked_and_counted() -> None:
+    from metakd.backbones import load_tokenizer
+    from metakd.robustness.command import TextClassifier
+
+    classify = TextClassifier(
+        lambda b: torch.zeros(b["input_ids"].shape[0], 2), load_tokenizer("minilm-l6"), 8
+    )
+    text = "good movie " * 20
+    limit = classify.visible_chars(text)
+    assert text[:limit].split() == [
+        "good",
+        "movie",
+        "good",
+        "movie",
+        "good",
+        "movie",
+    ]  # 8 tokens - [CLS] [SEP]
+
+    def model(texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+        return keyword_model([" ".join(t.split()[:6]) for t in texts])
+
+    model.visible_chars = classify.visible_chars  # type: ignore[attr-defined]
+    result = attack_example(model, text, 1, SYNONYMS, AttackBudget(max_fraction=0.5))
+    assert result.num_words == 6 and all(index < 6 for index, _, _ in result.substitutions)
+    assert result.perturbed.endswith("good movie " * 17)  # the unseen rest is untouched

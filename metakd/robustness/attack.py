@@ -5,15 +5,16 @@ For one example ``(text, gold label y)`` and a classifier ``p(. | text)``:
 
 1. **Clean prediction.** An example the model already gets wrong is *skipped* (it counts as wrong under
    attack, and not in the success rate).
-2. **Importance by deletion.** Every word (a run of letters, optionally with an apostrophe) that is not a
-   stop word gets ``I_i = p_y(text) - p_y(text without word i)``; words are visited by decreasing
-   ``I_i`` (ties: earlier word first).
+2. **Importance by deletion.** Every word (a run of letters, optionally with an apostrophe) that the model
+   sees (within its ``max_length``, when ``predict`` tells: ``predict.visible_chars(text, pair)``) and
+   that is not a stop word gets ``I_i = p_y(text) - p_y(text without word i)``; words are visited by
+   decreasing ``I_i`` (ties: earlier word first).
 3. **Greedy substitution within the budget.** At most ``floor(max_fraction * n_words)`` words (and at most
-   ``max_substitutions``) are replaced. For the next word, every candidate of the synonym source (at most
-   ``max_candidates``; the word's capitalisation is kept) is scored in one batch. If some candidates flip
-   the prediction away from ``y``, the one with the lowest ``p_y`` is taken and the attack *succeeds*;
-   otherwise the candidate with the lowest ``p_y`` is kept if it lowers ``p_y``, and the next word is
-   tried. The attack *fails* when the words or the budget run out.
+   ``max_substitutions``) are replaced, ``n_words`` counting the words the model sees. For the next word,
+   every candidate of the synonym source (at most ``max_candidates``; the word's capitalisation is kept)
+   is scored in one batch. If some candidates flip the prediction away from ``y``, the one with the
+   lowest ``p_y`` is taken and the attack *succeeds*; otherwise the candidate with the lowest ``p_y`` is
+   kept if it lowers ``p_y``, and the next word is tried. The attack *fails* when the words or the budget run out.
 
 The gold label is never changed: the perturbed text is always scored against the original ``y``, and
 the substitution sources offer synonyms only (WordNet synonyms; or, where WordNet is missing,
@@ -154,6 +155,10 @@ def attack_example(
         return predict([text] * len(variants), variants)
 
     spans = words_of(target)
+    visible = getattr(predict, "visible_chars", None)
+    if visible is not None:  # words cut off by the model's max_length can neither matter nor count
+        limit = visible(text, pair)
+        spans = [span for span in spans if span[1] <= limit]
     probs = score([target])[0]
     queries = 1
     clean = int(probs.argmax())

@@ -48,6 +48,21 @@ class TextClassifier:
         self.batch_size, self.domain_id = batch_size, domain_id
         self.queries = 0
 
+    def visible_chars(self, text: str, pair: str | None = None) -> int:
+        """Characters of the attacked text (``pair`` if given, else ``text``) left after truncation to
+        ``max_length`` tokens (the whole text for a tokenizer without offsets)."""
+        target = text if pair is None else pair
+        if not getattr(self.tokenizer, "is_fast", False):
+            return len(target)
+        encoded = self.tokenizer(
+            text, pair, truncation=True, max_length=self.max_length, return_offsets_mapping=True
+        )
+        segment = 0 if pair is None else 1
+        ends = [
+            end for (_, end), seq in zip(encoded["offset_mapping"], encoded.sequence_ids()) if seq == segment
+        ]
+        return max(ends, default=0)
+
     @torch.no_grad()
     def __call__(self, texts: list[str], pairs: list[str] | None = None) -> Tensor:
         out = []
