@@ -14,7 +14,8 @@ For one example ``(text, gold label y)`` and a classifier ``p(. | text)``:
    every candidate of the synonym source (at most ``max_candidates``; the word's capitalisation is kept)
    is scored in one batch. If some candidates flip the prediction away from ``y``, the one with the
    lowest ``p_y`` is taken and the attack *succeeds*; otherwise the candidate with the lowest ``p_y`` is
-   kept if it lowers ``p_y``, and the next word is tried. The attack *fails* when the words or the budget run out.
+   kept if it lowers ``p_y``, and the next word is tried. The attack *fails* when the words or the budget
+   run out.
 
 The gold label is never changed: the perturbed text is always scored against the original ``y``, and
 the substitution sources offer synonyms only (WordNet synonyms; or, where WordNet is missing,
