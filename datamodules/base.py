@@ -28,6 +28,7 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, RandomSampler
 
+from datamodules.augment import AugmentContext, augmented_records, parse_augment
 from datamodules.errors import DataError
 from metakd.backbones import DEFAULT_BACKBONE, load_tokenizer
 
@@ -186,7 +187,8 @@ class MultiDomainDataModule(LightningDataModule):
 
     ``domain_names``, ``num_domains``, ``label_names``, ``num_labels`` (and ``backbone``,
     ``max_length``, ``target_domain``, ``train_fraction``) are set in ``__init__``; ``setup()`` adds
-    ``split_fingerprint``, ``data_fingerprint``, ``num_pooled_train`` and the three datasets.
+    ``split_fingerprint``, ``data_fingerprint``, ``num_pooled_train``, ``num_train_ids``,
+    ``source_example_ids``, ``augmented_train`` and the three datasets.
 
     Subclasses set their own attributes, then call ``super().__init__(...)``, and implement
     :meth:`_corpus_domains`, :meth:`_corpus_label_names`, :meth:`_read_splits` and :meth:`_split_rule`.
@@ -206,6 +208,7 @@ class MultiDomainDataModule(LightningDataModule):
         train_fraction: float | None = None,
         seed: int = 11111,
         cache_dir: str | None = None,
+        augment: dict[str, Any] | None = None,
     ):
         """
         Args:
@@ -225,6 +228,9 @@ class MultiDomainDataModule(LightningDataModule):
             seed: seed of the corpus split rule and of the ``train_fraction`` subset.
             cache_dir: directory of the tokenisation cache (default ``$METAKD_CACHE/datasets`` or
                 ``~/.cache/metakd/datasets``).
+            augment: add augmented examples to the loaded training split:
+                ``{class_path: <augmenter>, init_args: {...}, per_example: n}`` (``datamodules.augment``;
+                e.g. ``eda``). Dev and test are never augmented.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -234,6 +240,8 @@ class MultiDomainDataModule(LightningDataModule):
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
             raise DataError(f"eval_batch_size must be a positive integer or None, got {eval_batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         if train_fraction is not None and not (
             isinstance(train_fraction, (int, float)) and 0.0 < float(train_fraction) <= 1.0
         ):
@@ -246,6 +254,7 @@ class MultiDomainDataModule(LightningDataModule):
         self.seed = seed
         self.train_fraction = None if train_fraction is None else float(train_fraction)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.augment = parse_augment(augment)
 
         corpus_domains = list(self._corpus_domains())
         self.label_names: list[str] = list(self._corpus_label_names())
@@ -280,6 +289,11 @@ class MultiDomainDataModule(LightningDataModule):
         self.split_fingerprint: str | None = None
         self.data_fingerprint: str | None = None
         self.num_pooled_train: int | None = None
+        self.num_train_ids: int | None = None
+        self.source_example_ids: torch.Tensor | None = None
+        self.augmented_train: list[Record] = []
+        self._train_selection: list[int] | None = None
+        self._full_train_dataset = None
         self.train_dataset = None
         self.val_dataset = None
         self.test_dataset = None
@@ -329,6 +343,8 @@ class MultiDomainDataModule(LightningDataModule):
                 where = f"{self.corpus_name} {split} example {i}"
                 if not isinstance(record.get("text"), str):
                     raise DataError(f"{where}: 'text' must be a string, got {record.get('text')!r}")
+                if not record["text"].strip():
+                    raise DataError(f"{where}: 'text' is empty ({record['text']!r})")
                 has_pair = record.get("text_pair") is not None
                 if pair is None:
                     pair = has_pair
@@ -336,6 +352,8 @@ class MultiDomainDataModule(LightningDataModule):
                     raise DataError(f"{where}: some examples have a 'text_pair' and some do not")
                 if has_pair and not isinstance(record["text_pair"], str):
                     raise DataError(f"{where}: 'text_pair' must be a string, got {record['text_pair']!r}")
+                if has_pair and not record["text_pair"].strip():
+                    raise DataError(f"{where}: 'text_pair' is empty ({record['text_pair']!r})")
                 label = record.get("label")
                 if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < self.num_labels:
                     raise DataError(
@@ -416,6 +434,9 @@ class MultiDomainDataModule(LightningDataModule):
             "seed": self.seed if self.train_fraction is not None else None,
             "format": _CACHE_FORMAT_VERSION,
         }
+        if self.augment is not None:  # absent otherwise: fingerprints without augmentation are unchanged
+            payload["augment"] = self.augment.fingerprint()
+            payload["augment_seed"] = self.seed
         return _sha(payload)[:16]
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -437,8 +458,17 @@ class MultiDomainDataModule(LightningDataModule):
         datasets = {}
         for split in SPLITS:
             positions = self._selected_positions(split)
-            datasets[split] = self._tokenize(split, [raw[split][i] for i in positions], positions)
+            records = [raw[split][i] for i in positions]
+            if split == "train":
+                self.augmented_train = self._augmented_train(raw["train"], positions)
+                records = records + self.augmented_train
+                positions = positions + [r["example_id"] for r in self.augmented_train]
+            datasets[split] = self._tokenize(split, records, positions)
         self.train_dataset, self.val_dataset, self.test_dataset = (datasets[s] for s in SPLITS)
+        self._full_train_dataset = self.train_dataset
+        self.num_train_ids = self.num_pooled_train + len(self.augmented_train)
+        source = list(range(self.num_pooled_train)) + [r["source_example_id"] for r in self.augmented_train]
+        self.source_example_ids = torch.tensor(source, dtype=torch.long)
         self._collator = PadCollator(
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             pad_token_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
@@ -452,6 +482,54 @@ class MultiDomainDataModule(LightningDataModule):
             self.data_fingerprint,
             self.cache_dir / self.data_fingerprint,
         )
+
+    def _augmented_train(self, train: list[Record], positions: list[int]) -> list[Record]:
+        """The augmented training records (``datamodules.augment``), cached beside the tokenised data."""
+        if self.augment is None:
+            return []
+        context = AugmentContext(
+            train=train,
+            loaded=positions,
+            domain_names=self.domain_names,
+            label_names=self.label_names,
+            target_domain=self.target_domain,
+            seed=self.seed,
+            cache_dir=self.cache_dir,
+        )
+        cache_file = self.cache_dir / str(self.data_fingerprint) / "augmented.jsonl"
+        rows = augmented_records(self.augment, context, self.num_pooled_train, cache_file)
+        kinds = Counter(r["kind"] for r in rows)
+        logger.info(
+            "%s train: %d augmented examples (%s) from %d loaded, augmenter %s",
+            self.corpus_name,
+            len(rows),
+            ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none",
+            len(positions),
+            self.augment.class_path,
+        )
+        return rows
+
+    def select_augmented(self, example_ids: list[int] | None) -> None:
+        """Serve only these augmented examples (with every loaded original) from ``train_dataloader``
+        until the next call; None: all of them. A selector (``metakd.l2a``) calls this between epochs,
+        with ``trainer.reload_dataloaders_every_n_epochs=1``."""
+        if self._full_train_dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before select_augmented()")
+        if example_ids is None:
+            self._train_selection = None
+            self.train_dataset = self._full_train_dataset
+            return
+        wanted = {int(i) for i in example_ids}
+        known = {r["example_id"] for r in self.augmented_train}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise DataError(f"select_augmented: {unknown[:5]} are not ids of augmented training examples")
+        n_original = len(self._full_train_dataset) - len(self.augmented_train)
+        rows = list(range(n_original)) + [
+            n_original + k for k, r in enumerate(self.augmented_train) if r["example_id"] in wanted
+        ]
+        self._train_selection = sorted(wanted)
+        self.train_dataset = self._full_train_dataset.select(rows)
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         pair = batch.get("text_pair")
@@ -548,5 +626,6 @@ class MultiDomainDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def train_eval_dataloader(self) -> DataLoader:
-        """The training split in order, no shuffling, no dropped batch (prototypes, output caches)."""
-        return self._loader(self.train_dataset, self.eval_batch_size, shuffle=False)
+        """The whole training split (augmented examples included, whatever ``select_augmented`` chose) in
+        order, no shuffling, no dropped batch (prototypes, output caches)."""
+        return self._loader(self._full_train_dataset, self.eval_batch_size, shuffle=False)

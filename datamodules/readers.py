@@ -88,11 +88,20 @@ def require_field(record: dict[str, Any], field: str, path: str | Path, lineno: 
 
 
 def require_text(record: dict[str, Any], field: str, path: str | Path, lineno: int) -> str:
-    """A string field (see :func:`require_field`)."""
+    """A non-empty string field (see :func:`require_field`).
+
+    An empty or whitespace-only text is refused (nothing to classify; a tokenizer would turn it into
+    ``[CLS] [SEP]`` and the example would train on its label alone), with file, line and field.
+    """
     value = require_field(record, field, path, lineno)
     if not isinstance(value, str):
         raise DataError(
             f"{path}:{lineno}: field {field!r} must be a string, got {type(value).__name__} {value!r}"
+        )
+    if not value.strip():
+        raise DataError(
+            f"{path}:{lineno}: field {field!r} is empty ({value!r}); every example needs a text "
+            "(fill it in or remove the line)"
         )
     return value
 

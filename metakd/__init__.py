@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MetaTeacher": "metakd.teacher",
+    "MultiTaskTeacher": "metakd.teacher_mtl",
     "Student": "metakd.student",
 }
 
@@ -21,4 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'metakd' has no attribute {name!r}")
 
 
-__all__ = ["MetaTeacher", "Student", "__version__"]
+__all__ = ["MetaTeacher", "MultiTaskTeacher", "Student", "__version__"]

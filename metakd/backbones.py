@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from metakd.errors import MetakdError
+
 DEFAULT_BACKBONE = "minilm-l6"
 
 
@@ -45,7 +47,7 @@ BACKBONE_ALIASES: dict[str, BackboneAlias] = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(MetakdError, ValueError):
     """A backbone name that cannot be resolved or loaded."""
 
 

@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from metakd.errors import MetakdError
 from metakd.utils import atomic_torch_save
 
 # What each metakd module writes into its checkpoints (a key checked before a checkpoint is used).
@@ -30,7 +31,7 @@ EXPECTED_KEYS = {
 }
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(MetakdError, ValueError):
     """A checkpoint file that cannot be read, or is not the kind of checkpoint expected."""
 
 

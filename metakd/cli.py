@@ -1,5 +1,9 @@
 """Command line: ``python -m metakd {fit,validate,test,predict} --config ...`` (LightningCLI) and
-``python -m metakd export ...``.
+``python -m metakd {export,sweep,pipeline} ...``.
+
+Every command runs inside :func:`metakd.errors.run_with_error_boundary`: bad input (a data file, an
+option value, a checkpoint) ends it with ``error: <message>`` on stderr and exit status 2;
+``--traceback`` or ``METAKD_TRACEBACK=1`` adds the full traceback.
 
 Configs name the classes, e.g. ``model.class_path: metakd.MetaTeacher`` and
 ``data.class_path: datamodules.AmazonReviewsDataModule``. The datamodule's label and domain sets are
@@ -9,11 +13,24 @@ linked into the model (``link_arguments(..., apply_on="instantiate")``), so a co
 from __future__ import annotations
 
 import os
+import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from metakd.errors import (
+    TRACEBACK_FLAG,
+    ConfigError,
+    accepted_options,
+    annotate,
+    run_with_error_boundary,
+    suggest,
+    traceback_requested,
+    unwrap,
+)
 
 # Attributes every datamodule exposes after __init__, and the model init arg each one fills.
 DATA_TO_MODEL_LINKS = {
@@ -76,6 +93,18 @@ class MetaKDCLI(LightningCLI):
             ):
                 init_args.save_dir = os.path.normpath(os.path.join(root, str(save_dir)))
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            found = unwrap(err)
+            if found is not None:
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                where = where_built(found, config)
+                if where:
+                    annotate(found, where)
+            raise
+
     def after_fit(self) -> None:
         link_best_checkpoint(self.trainer)
 
@@ -99,9 +128,14 @@ class MetaKDCLI(LightningCLI):
             model = self.config[subcommand].get("model")
             class_path = model.get("class_path") if hasattr(model, "get") else None
             check_checkpoint_file(ckpt_path, expected=str(class_path or "Lightning").rpartition(".")[2])
-        super()._parse_ckpt_path()
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError as err:  # the checkpoint's stored hyperparameters do not fit this config
+            annotate(err, f"in the hyperparameters stored in --ckpt_path {ckpt_path}")
+            raise
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
         from pytorch_lightning.plugins.io import CheckpointIO
 
         from metakd.checkpointing import AtomicCheckpointIO, RNGStateCallback
@@ -113,7 +147,13 @@ class MetaKDCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         # Random generator states travel with the checkpoints, so a resumed run draws the same numbers.
-        return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
+        try:
+            return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
+        except MisconfigurationException as err:  # a bad trainer.* value, named by Lightning's message
+            trainer_options = accepted_options("pytorch_lightning.Trainer")
+            raise annotate(
+                ConfigError(str(err)), _config_key("trainer", None, str(err), trainer_options)
+            ) from err
 
 
 def copy_optional_links(config: Any) -> None:
@@ -131,7 +171,7 @@ def copy_optional_links(config: Any) -> None:
             continue
         value, current = data.init_args[source], model.init_args.get(target)
         if current is not None and value is not None and current != value:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.{target} is {current!r} but data.init_args.{source} is {value!r}; they "
                 f"must agree (leave model.init_args.{target} unset: it is taken from the data)"
             )
@@ -173,13 +213,13 @@ def resolve_best_checkpoint(trainer: Any) -> str:
 
     callback = trainer.checkpoint_callback
     if callback is None:
-        raise ValueError('ckpt_path "best" needs a ModelCheckpoint callback (the `checkpoint` section)')
+        raise ConfigError('ckpt_path "best" needs a ModelCheckpoint callback (the `checkpoint` section)')
     if callback.best_model_path:
         return callback.best_model_path
     dirpath = Path(callback.dirpath or ".")
     last = dirpath / "last.ckpt"
     if not last.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f'ckpt_path "best": no {last} from an earlier `fit` with this config; run fit first or pass a '
             "checkpoint path"
         )
@@ -189,8 +229,8 @@ def resolve_best_checkpoint(trainer: Any) -> str:
             best = value["best_model_path"]
             if Path(best).is_file():
                 return best
-            raise FileNotFoundError(f'ckpt_path "best": {last} names {best}, which does not exist')
-    raise ValueError(f'ckpt_path "best": {last} records no best checkpoint (was val/acc ever logged?)')
+            raise ConfigError(f'ckpt_path "best": {last} names {best}, which does not exist')
+    raise ConfigError(f'ckpt_path "best": {last} records no best checkpoint (was val/acc ever logged?)')
 
 
 class MetaKDSaveConfigCallback(SaveConfigCallback):
@@ -214,7 +254,11 @@ class MetaKDSaveConfigCallback(SaveConfigCallback):
 
 
 def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
-    """Run the LightningCLI subcommands (fit/validate/test/predict)."""
+    """Run the LightningCLI subcommands (fit/validate/test/predict).
+
+    Parse errors raise ``ArgumentError`` (``exit_on_error=False``) instead of printing the usage and
+    exiting: :func:`main`'s error boundary prints them as one ``error:`` line.
+    """
     return MetaKDCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -222,9 +266,53 @@ def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
     )
 
 
+def where_built(err: BaseException, config: Any) -> str | None:
+    """``config key: data.init_args.target_domain (datamodules.JsonlDataModule)`` for an error raised in
+    the ``__init__`` of the datamodule or the model that LightningCLI built (None when neither).
+
+    The key is the init argument that the message names first, else the section (``data``/``model``).
+    """
+    from pytorch_lightning import LightningDataModule, LightningModule
+
+    section = None
+    tb = err.__traceback__
+    while tb is not None and section is None:  # the outermost __init__ of a datamodule or a model
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__init__":
+            owner = frame.f_locals.get("self")
+            section = (
+                "data"
+                if isinstance(owner, LightningDataModule)
+                else "model"
+                if isinstance(owner, LightningModule)
+                else None
+            )
+        tb = tb.tb_next
+    if section is None:
+        return None
+    spec = config.get(section) if hasattr(config, "get") else None
+    class_path = spec.get("class_path") if hasattr(spec, "get") else None
+    options = accepted_options(str(class_path)) if class_path else []
+    return _config_key(section, class_path, str(err), options)
+
+
+def _config_key(section: str, class_path: str | None, message: str, options: list[str]) -> str:
+    """``config key: <section>[.init_args].<the option named first in message> (<class_path>)``."""
+    positions = {
+        name: found.start()
+        for name in options
+        if (found := re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message)) is not None
+    }
+    prefix = f"{section}.init_args" if class_path else section
+    key = f"{prefix}.{min(positions, key=positions.__getitem__)}" if positions else section
+    return f"config key: {key}" + (f" ({class_path})" if class_path else "")
+
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS = {
     "export": "metakd.export",
     "sweep": "metakd.sweep",
@@ -232,15 +320,36 @@ EXTRA_COMMANDS = {
     "search": "metakd.search.command",
     "robustness": "metakd.robustness.command",
 }
+COMMANDS = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m metakd`` and the ``metakd`` script."""
-    words = list(sys.argv[1:] if argv is None else argv)
+def run_command(words: list[str], argv_given: bool = True) -> int:
+    """Dispatch ``python -m metakd WORDS`` (without the error boundary: errors propagate)."""
     if words and words[0] in EXTRA_COMMANDS:
         import importlib
 
         module = importlib.import_module(EXTRA_COMMANDS[words[0]])
         return int(module.main(words[1:]) or 0)
-    run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    usage = f"usage: python -m metakd {{{','.join(COMMANDS)}}} ... (a command's --help lists its options)"
+    if not words:
+        raise annotate(ConfigError("no command given"), usage)
+    if not words[0].startswith("-") and words[0] not in LIGHTNING_COMMANDS:
+        raise annotate(ConfigError(f"unknown command {words[0]!r}{suggest(words[0], list(COMMANDS))}"), usage)
+    run_lightning_cli(words if argv_given else None)  # None: LightningCLI reads sys.argv itself
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m metakd`` and the ``metakd`` script; returns the exit status.
+
+    ``--traceback`` (anywhere) is taken out of the arguments and shows the traceback of a bad-input error.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = traceback_requested(words)
+    if TRACEBACK_FLAG in words:
+        words = [word for word in words if word != TRACEBACK_FLAG]
+        if argv is None:
+            sys.argv[1:] = words  # LightningCLI reads sys.argv when given no args
+    return run_with_error_boundary(
+        lambda: run_command(words, argv_given=argv is not None), show_traceback=show_traceback
+    )

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from metakd.errors import MetakdError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ PROBE_TEXTS = [
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ExportError(RuntimeError):
+class ExportError(MetakdError, RuntimeError):
     """An export that cannot be done or does not reproduce the student."""
 
 
@@ -256,7 +257,8 @@ def _write_export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m metakd export ...``; returns the process exit status."""
+    """``python -m metakd export ...``; returns the process exit status (0). Bad input raises
+    :class:`ExportError`, which ``python -m metakd`` prints as ``error: ...`` (exit status 2)."""
     parser = argparse.ArgumentParser(
         prog="python -m metakd export",
         description="Write a trained metakd Student as a HuggingFace model directory (optionally ONNX, int8)",
@@ -274,13 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = export_student(
-            args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer, overwrite=args.overwrite
-        )
-    except ExportError as err:
-        print(f"export failed: {err}", file=sys.stderr)
-        return 1
+    # an ExportError propagates: the error boundary of `python -m metakd` prints it (exit status 2)
+    report = export_student(
+        args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer, overwrite=args.overwrite
+    )
     print(f"exported to {report.out_dir} (re-load max |diff| {report.hf_max_abs_diff:.2e})")
     if report.onnx_path:
         print(f"ONNX: {report.onnx_path}, max |diff| vs PyTorch {report.onnx_max_abs_diff:.2e}")

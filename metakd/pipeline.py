@@ -10,16 +10,25 @@ Markdown table (rows = methods, columns = target domains + average; test accurac
   vanilla KD, TinyBERT-KD and Meta-KD; or any other method of the ``metakd.distill`` registry),
   each distilled from the teacher its registry entry names (``teacher_role``: the mixed-domain teacher,
   that domain's single-domain teacher, the meta-teacher, or none) and labelled by its entry;
-- optional studies (``studies: [main, scarcity, zero_shot]``): data scarcity (Meta-KD vs TinyBERT-KD
-  on one domain at several ``train_fraction``; PNG plot when matplotlib is installed) and zero-shot
-  (a meta-teacher trained without the target domain, the student distilled with ``teacher_domain``).
+- budgets (``budgets: [A, B]``): B gives every student the same total epochs, A the same
+  prediction-stage epochs with a staged method's intermediate stage on top (its own cells);
+- optional studies (``studies: [main, scarcity, zero_shot, ablation]``): data scarcity (Meta-KD vs
+  TinyBERT-KD on one domain at several ``train_fraction``; PNG plot when matplotlib is installed),
+  zero-shot (a meta-teacher trained without the target domain, the student distilled with
+  ``teacher_domain``) and ablations (``extra_teachers`` and the rows named in ``ablations``).
+
+Every seed trains its own teachers and students. The report (:mod:`metakd.report`) gives mean ± std
+over seeds, paired bootstrap intervals of Meta-KD minus each other row from the cells' per-example
+predictions, CPU minutes per row, the teachers' dev curves, and warnings about teachers whose dev
+accuracy is below the no-KD student's.
 
 Each *cell* is one model: a folder ``<runs_dir>/<name>/<seed>/<cell>`` with ``cell.yaml`` (the exact,
 fully merged LightningCLI config), the logs of ``python -m metakd fit --config cell.yaml`` and
 ``python -m metakd test --config cell.yaml --ckpt_path best`` (two subprocesses), and ``result.json``
 once both succeeded. A cell with a ``result.json`` is skipped, so an interrupted pipeline continues
-where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test metrics are written by
-:class:`TestMetricsWriter`, a callback placed in the cell's config (no log parsing).
+where it stopped (a fit cut off mid-way resumes from its ``last.ckpt``). Test metrics, the dev curve and
+the per-example test predictions are written by callbacks placed in the cell's config
+(:class:`TestMetricsWriter`, :class:`DevCurveWriter`, :class:`PredictionsWriter`; no log parsing).
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fnmatch
 import json
-import math
 import os
 import platform
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +54,8 @@ from typing import Any
 
 import yaml
 
+from metakd.errors import MetakdError, main_with_boundary
+from metakd.stats import mean_std
 from metakd.utils import write_json
 
 try:  # the callback needs Lightning; the rest of the module does not
@@ -50,8 +63,14 @@ try:  # the callback needs Lightning; the rest of the module does not
 except ImportError:  # pragma: no cover
     _Callback = object  # type: ignore[assignment,misc]
 
+DEFAULTS_FILE = Path(__file__).with_name("pipeline_defaults.yaml")
 RESULT_FILE = "result.json"
 TEST_METRICS_FILE = "test_metrics.json"
+DEV_CURVE_FILE = "dev_curve.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+STUDIES = ("main", "scarcity", "zero_shot", "ablation")
+REPORT_END_OF_PRINTED = "<!-- end of the part printed on the terminal -->"
+BUDGETS = ("A", "B")
 
 DEFAULT_METHODS = ("none", "vanilla", "tinybert", "meta")
 """The Meta-KD paper's comparison: the default ``methods`` of a pipeline config."""
@@ -101,8 +120,9 @@ class RowSpec:
     search: str | None = None  # a search config: the architecture is searched per domain first
 
 
-def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
-    """The row ``name`` of ``methods``: a ``variants`` entry, else the registry method of that name."""
+def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: Any = ()) -> RowSpec:
+    """The row ``name`` of ``methods``: a ``variants`` entry, else the registry method of that name. A
+    variant's ``teacher`` is a role, ``none``, or one of ``extra_teachers`` (the ablation study's)."""
     variant = (variants or {}).get(name)
     if variant is None:
         entry = method_entry(name)
@@ -110,9 +130,10 @@ def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
     entry = method_entry(variant["method"])
     role = variant.get("teacher", entry.teacher_role)
     role = None if role in (None, "none") else role
-    if role is not None and role not in TEACHER_ROWS:
+    if role is not None and role not in TEACHER_ROWS and role not in extra_teachers:
         raise PipelineError(
-            f"variants.{name}.teacher must be one of {sorted(TEACHER_ROWS)} or none, got {role!r}"
+            f"variants.{name}.teacher must be one of {sorted(TEACHER_ROWS)}, none or an extra teacher "
+            f"({sorted(extra_teachers)}), got {role!r}"
         )
     return RowSpec(
         name,
@@ -125,23 +146,39 @@ def row_spec(name: str, variants: dict[str, Any] | None = None) -> RowSpec:
     )
 
 
-def main_rows(methods: list[str], variants: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+def main_rows(
+    methods: list[str], variants: dict[str, Any] | None = None, extra_teachers: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """``(row key, label)`` of the main table: the teachers the rows need, then one row per entry of
     ``methods``, labelled from the registry or the variant (``Student: <label> (<teacher>)``)."""
     from metakd.distill import TEACHER_ROLES
 
-    specs = [row_spec(method, variants) for method in methods]
+    extra_teachers = extra_teachers or {}
+    specs = [row_spec(method, variants, extra_teachers) for method in methods]
     roles = {spec.teacher_role for spec in specs}
     rows = [TEACHER_ROWS[role] for role in TEACHER_ROWS if role in roles]
     for spec in specs:
         label = f"Student: {spec.label}"
-        if spec.teacher_role is not None:
-            label += f" ({TEACHER_ROLES[spec.teacher_role]})"
+        role = spec.teacher_role
+        if role is not None:
+            words = TEACHER_ROLES.get(role) or extra_teachers[role].get("label", role).removeprefix(
+                "Teacher: "
+            )
+            label += f" ({words})"
         rows.append((f"student_{spec.name}", label))
     return rows
 
 
-class PipelineError(RuntimeError):
+def is_staged(method: str) -> bool:
+    """The registry method trains stages before its last one (e.g. TinyBERT-KD's and Meta-KD's
+    intermediate stage): budget A gives it ``intermediate_epochs`` on top (see :func:`budget_overrides`)."""
+    try:
+        return len(method_entry(method)().stages()) > 1
+    except TypeError:  # a method without defaults for every argument: not one the budgets can tell
+        return False
+
+
+class PipelineError(MetakdError, RuntimeError):
     """A bad pipeline configuration."""
 
 
@@ -166,6 +203,125 @@ class TestMetricsWriter(_Callback):  # type: ignore[misc,valid-type]
         metrics = scalar_metrics(trainer.callback_metrics, prefix="test/")
         payload = {"metrics": metrics, "ckpt_path": str(getattr(trainer, "ckpt_path", None) or "")}
         write_json(Path(self.path), payload)
+
+
+class DevCurveWriter(_Callback):  # type: ignore[misc,valid-type]
+    """Records the dev curve of a fit: ``val/*`` after every validation run, then how the fit ended.
+
+    ``path`` (JSON) holds ``{"checks": [{"step", "epoch", "val/acc", ...}, ...], "end": {...}}``, rewritten
+    atomically after each check. A resumed fit keeps the earlier checks (a check at the same step is
+    replaced). ``end``: the last global step, the trainer's ``max_steps``/``max_epochs``, the best
+    checkpoint and its score, and whether early stopping stopped the fit.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.checks: dict[int, dict[str, Any]] = {}
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        path = Path(self.path)
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        self.checks = {int(c["step"]): c for c in stored.get("checks", [])}
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        from metakd.sweep import scalar_metrics
+
+        entry = {"step": int(trainer.global_step), "epoch": int(trainer.current_epoch)}
+        entry.update(scalar_metrics(trainer.callback_metrics, prefix="val/"))
+        self.checks[entry["step"]] = entry
+        self._write(None)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        checkpoint = trainer.checkpoint_callback
+        score = getattr(checkpoint, "best_model_score", None)
+        stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+        end = {
+            "global_step": int(trainer.global_step),
+            "max_steps": int(trainer.max_steps),
+            "max_epochs": trainer.max_epochs,
+            "best_model_path": str(getattr(checkpoint, "best_model_path", "") or ""),
+            "best_score": float(score) if score is not None else None,
+            "early_stopped": any(int(c.wait_count) >= int(c.patience) for c in stoppers),
+            "early_stopping": [{"monitor": c.monitor, "patience": c.patience} for c in stoppers],
+        }
+        self._write(end)
+
+    def _write(self, end: dict[str, Any] | None) -> None:
+        path = Path(self.path)
+        payload: dict[str, Any] = {"checks": [self.checks[s] for s in sorted(self.checks)]}
+        if end is not None:
+            payload["end"] = end
+        write_json(path, payload)
+
+
+class PredictionsWriter(_Callback):  # type: ignore[misc,valid-type]
+    """Saves the per-example predictions of a test run to ``path`` (JSON Lines, one row per example).
+
+    Reads what ``test_step`` returns: a dict with ``example_ids``, ``domain_ids``, ``labels`` and
+    ``logits`` for the rows it evaluated. Row: ``{"example_id", "domain", "label", "pred", "logits"}``
+    (``domain`` by name when the module has ``domain_names``). A ``test_step`` that returns nothing
+    gives no file (the report then says that the cell's predictions are missing). On several devices each
+    rank writes its own rows to ``<path>.rank<k>``.
+    """
+
+    KEYS = ("example_ids", "domain_ids", "labels", "logits")
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self.rows = []
+
+    def on_test_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not isinstance(outputs, dict) or any(key not in outputs for key in self.KEYS):
+            return
+        names = list(getattr(pl_module, "domain_names", None) or [])
+        logits = outputs["logits"].detach().float().cpu()
+        for example, domain, label, row in zip(
+            outputs["example_ids"].tolist(),
+            outputs["domain_ids"].tolist(),
+            outputs["labels"].tolist(),
+            logits,
+        ):
+            self.rows.append(
+                {
+                    "example_id": int(example),
+                    "domain": names[domain] if domain < len(names) else int(domain),
+                    "label": int(label),
+                    "pred": int(row.argmax()),
+                    "logits": [round(float(v), 5) for v in row],
+                }
+            )
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        path = Path(self.path)
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
+        if not self.rows:
+            path.unlink(missing_ok=True)  # no stale file from an earlier run
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
+        os.replace(partial, path)
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]] | None:
+    """The rows a :class:`PredictionsWriter` wrote, or None when there is no file."""
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,15 +353,25 @@ def _read_extended(path: Path) -> dict[str, Any]:
 
 def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any]:
     """Read a pipeline config; ``extends: <file>`` merges onto another one, ``quick`` (or ``--quick``)
-    merges the ``quick:`` section and appends ``_quick`` to the name."""
+    merges the ``quick:`` section and appends ``_quick`` to the name. A top-level ``data:`` block is
+    the datamodule of every cell: it is merged under ``teacher:`` and ``student:``, whose own ``data:``
+    keys override it. A config with neither ``teacher:`` nor ``student:`` (a user's corpus: ``data``,
+    ``domains`` and a name) is merged onto the built-in budget, :data:`DEFAULTS_FILE`."""
     path = Path(path)
     config = _read_extended(path)
+    if "teacher" not in config and "student" not in config:
+        config = deep_merge(_read_extended(DEFAULTS_FILE), config)
     if quick or config.pop("apply_quick", False):
         overrides = config.get("quick") or {}
         config = deep_merge(config, overrides)
         config["name"] = f"{config.get('name', config.get('corpus', 'benchmark'))}_quick"
         config["is_quick"] = True
     config.pop("quick", None)
+    if config.get("data") is not None:
+        if not isinstance(config["data"], dict):
+            raise PipelineError(f"{path}: `data` is a datamodule config (class_path, init_args)")
+        for kind in ("teacher", "student"):
+            config[kind] = deep_merge({"data": config["data"]}, config.get(kind) or {})
     for key in ("teacher", "student", "domains"):
         if key not in config:
             raise PipelineError(f"{path}: the pipeline config needs `{key}`")
@@ -218,17 +384,25 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("methods", list(DEFAULT_METHODS))
     config.setdefault("variants", {})
     config.setdefault("in_process", False)
+    config.setdefault("budgets", ["B"])
+    config.setdefault("extra_teachers", {})
+    config.setdefault("ablations", [])
+    config.setdefault("ablation_budget", config["budgets"][0] if config["budgets"] else "B")
+    config.setdefault("compare_to", "meta")
+    config.setdefault("keep_checkpoints", {"teacher": "all", "student": "all"})
     check_choices(path, config)
     return config
 
 
+KEEP_CHECKPOINTS = ("all", "best", "none")
+
+
 def check_choices(path: str | Path, config: dict[str, Any]) -> None:
-    """``studies`` and ``methods`` name known ones."""
-    unknown = set(config["studies"]) - {"main", "scarcity", "zero_shot"}
+    """``studies``, ``methods``, ``budgets``, ``extra_teachers``, ``ablations`` and ``keep_checkpoints``
+    name known ones and are well formed."""
+    unknown = set(config["studies"]) - set(STUDIES)
     if unknown:
-        raise PipelineError(
-            f"{path}: unknown studies {sorted(unknown)}; choose from main, scarcity, zero_shot"
-        )
+        raise PipelineError(f"{path}: unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
     methods = config["methods"]
     if not isinstance(methods, list) or not methods or len(set(methods)) != len(methods):
         raise PipelineError(
@@ -251,9 +425,44 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             raise PipelineError(
                 f"{path}: variants.{name} has the name of a registry method; pick another name"
             )
-    for method in methods:
+    budgets = config["budgets"]
+    if (
+        not isinstance(budgets, list)
+        or not budgets
+        or set(budgets) - set(BUDGETS)
+        or len(set(budgets)) < len(budgets)
+    ):
+        raise PipelineError(f"{path}: `budgets` must be a list of distinct {list(BUDGETS)}, got {budgets!r}")
+    if config["ablation_budget"] not in BUDGETS:
+        raise PipelineError(f"{path}: `ablation_budget` must be one of {list(BUDGETS)}")
+    extra = config["extra_teachers"]
+    if not isinstance(extra, dict) or any(not isinstance(v, dict) for v in extra.values()):
+        raise PipelineError(f"{path}: `extra_teachers` maps a teacher name to its overrides of `teacher:`")
+    bad = [n for n in extra if "/" in n or n in TEACHER_ROWS or n == "none" or n.startswith("meta_without_")]
+    if bad:
+        raise PipelineError(
+            f"{path}: extra teacher names {bad} clash with the pipeline's (no '/', not "
+            f"{sorted(TEACHER_ROWS)}, not none, not meta_without_*)"
+        )
+    for name in config["ablations"]:
+        if name not in variants and name not in registered_methods():
+            raise PipelineError(
+                f"{path}: ablations names {name!r}, neither a `variants` entry nor a registry method"
+            )
+    keep = config["keep_checkpoints"]
+    if (
+        not isinstance(keep, dict)
+        or set(keep) - {"teacher", "student"}
+        or set(keep.values()) - set(KEEP_CHECKPOINTS)
+        or keep.get("teacher") == "none"
+    ):
+        raise PipelineError(
+            f"{path}: `keep_checkpoints` maps teacher to all|best (students load its best.ckpt) and student "
+            f"to all|best|none, got {keep!r}"
+        )
+    for method in [*methods, *config["ablations"]]:
         try:
-            row_spec(method, variants)
+            row_spec(method, variants, extra)
         except PipelineError as err:
             raise PipelineError(f"{path}: {err}") from None
 
@@ -277,11 +486,35 @@ def fraction_tag(fraction: float) -> str:
     return f"{round(fraction * 100):d}pct"
 
 
-def student_cell_name(method: str, domain: str, fraction: float | None = None) -> str:
-    """``student/<method>/<domain>``; below 100% of the data ``student/<method>_<N>pct/<domain>``."""
+def student_cell_name(
+    method: str, domain: str, fraction: float | None = None, budget: str | None = None
+) -> str:
+    """``student/<method>/<domain>``; below 100% of the data ``student/<method>_<N>pct/<domain>``; under
+    budget A (a staged method's extra intermediate epochs) ``student/<method>_budgetA/<domain>``."""
     if fraction is not None and fraction < 1.0:
-        return f"student/{method}_{fraction_tag(fraction)}/{domain}"
+        method = f"{method}_{fraction_tag(fraction)}"
+    if budget == "A":
+        method = f"{method}_budgetA"
     return f"student/{method}/{domain}"
+
+
+def budget_overrides(config: dict[str, Any], budget: str) -> dict[str, Any]:
+    """Overrides of a staged student's config under ``budget``.
+
+    The student base config states budget B: ``trainer.max_epochs`` epochs in all, of which a staged
+    method spends ``intermediate_epochs`` on the intermediate stage. Budget A gives every student the same
+    prediction-stage epochs: a staged method gets ``max_epochs + intermediate_epochs``.
+    """
+    if budget == "B":
+        return {}
+    trainer = config["student"].get("trainer") or {}
+    init_args = (config["student"].get("model") or {}).get("init_args") or {}
+    if "max_epochs" not in trainer or "intermediate_epochs" not in init_args:
+        raise PipelineError(
+            "budget A needs student.trainer.max_epochs and student.model.init_args.intermediate_epochs in "
+            "the pipeline config (it adds the intermediate epochs on top)"
+        )
+    return {"trainer": {"max_epochs": int(trainer["max_epochs"]) + int(init_args["intermediate_epochs"])}}
 
 
 def scarcity_settings(config: dict[str, Any]) -> tuple[str, list[str], list[float]]:
@@ -333,37 +566,52 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
     def meta_teacher() -> str:
         return teacher("teacher/meta", {}, row="teacher_meta")
 
-    teacher_of_role = {"mixed": mixed_teacher, "meta": meta_teacher}
+    def extra_teacher(key: str) -> str:
+        overrides = {k: v for k, v in config["extra_teachers"][key].items() if k != "label"}
+        return teacher(f"teacher/{key}", overrides, row=f"teacher_{key}", study="ablation")
 
-    def student_cell(method: str, domain: str, fraction: float | None = None, **info: Any) -> str:
-        spec = row_spec(method, config.get("variants"))
+    def teacher_of(role: str, domain: str) -> str:
+        if role == "single":
+            return single_teacher(domain)
+        return {"mixed": mixed_teacher, "meta": meta_teacher}.get(role, lambda: extra_teacher(role))()
+
+    def student_cell(
+        method: str, domain: str, fraction: float | None = None, budget: str | None = None, **info: Any
+    ) -> str:
+        """A student of the row ``method`` (a registry method or a ``variants`` entry); ``budget`` "A"
+        gives a staged method its own cell with the intermediate epochs on top."""
+        spec = row_spec(method, config.get("variants"), config["extra_teachers"])
+        staged_a = budget == "A" and is_staged(spec.method)
         data: dict[str, Any] = {"target_domain": domain, **copy.deepcopy(spec.data)}
-        name = student_cell_name(method, domain, fraction)
+        name = student_cell_name(method, domain, fraction, "A" if staged_a else None)
         if fraction is not None and fraction < 1.0:
             data["train_fraction"] = fraction
         model: dict[str, Any] = {"distillation": spec.method, **copy.deepcopy(spec.model)}
         needs: list[str] = []
-        role = spec.teacher_role
-        if role is None:
+        if spec.teacher_role is None:
             model["teacher_ckpt"] = None
         else:  # cell_config sets teacher_ckpt to the needed teacher's checkpoint, per seed
-            needs = [single_teacher(domain) if role == "single" else teacher_of_role[role]()]
-        info.setdefault("row", f"student_{method}")
+            needs = [teacher_of(spec.teacher_role, domain)]
+        info.setdefault("row", f"student_{method}" + ("@A" if staged_a else ""))
         if fraction is not None:
             info["train_fraction"] = fraction
+        if staged_a:
+            info["budget"] = "A"
         if spec.search is not None:  # the searched architecture of this domain (metakd.search)
             searched = search_cell_name(method, domain)
-            overrides = {"config": spec.search, "data": {"init_args": {"target_domain": domain}}}
+            search_overrides = {"config": spec.search, "data": {"init_args": {"target_domain": domain}}}
             info_search = {"row": f"search_{method}", "domain": domain}
-            cells.setdefault(searched, Cell(searched, "search", overrides, list(needs), info_search))
+            cells.setdefault(searched, Cell(searched, "search", search_overrides, list(needs), info_search))
             needs = [*needs, searched]
-        return student(
-            name, {"model": {"init_args": model}, "data": {"init_args": data}}, needs, domain=domain, **info
-        )
+        overrides = {"model": {"init_args": model}, "data": {"init_args": data}}
+        if staged_a:
+            overrides = deep_merge(budget_overrides(config, "A"), overrides)
+        return student(name, overrides, needs, domain=domain, method=spec.method, **info)
 
     if "main" in studies:
         methods = list(config.get("methods", DEFAULT_METHODS))
-        roles = {row_spec(method, config.get("variants")).teacher_role for method in methods}
+        specs = [row_spec(m, config.get("variants"), config["extra_teachers"]) for m in methods]
+        roles = {spec.teacher_role for spec in specs}
         if "single" in roles:  # the teachers of the chosen methods, each also a row of the table
             for domain in domains:
                 single_teacher(domain)
@@ -371,9 +619,10 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             mixed_teacher()
         if "meta" in roles:
             meta_teacher()
-        for method in methods:
-            for domain in domains:
-                student_cell(method, domain)
+        for budget in config["budgets"]:
+            for method in methods:
+                for domain in domains:
+                    student_cell(method, domain, budget=budget)
     if "scarcity" in studies:
         domain, methods, fractions = scarcity_settings(config)
         for method in methods:
@@ -400,12 +649,32 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         )
         meta_teacher()
         student_cell("meta", domain, study="zero_shot_reference")
+    if "ablation" in studies:
+        for key in config["extra_teachers"]:
+            extra_teacher(key)
+        for method in config["ablations"]:
+            for domain in domains:
+                student_cell(method, domain, budget=config["ablation_budget"], study="ablation")
     order = {"teacher": 0, "search": 1, "student": 2}
     return sorted(cells.values(), key=lambda c: order[c.kind])  # stable: the planned order within a kind
 
 
 def search_cell_name(method: str, domain: str) -> str:
     return f"search/{method}/{domain}"
+
+
+def config_identity(config: dict[str, Any]) -> Any:
+    """What decides whether a finished cell can be reused: its config without the pipeline's own
+    recording callbacks (``metakd.pipeline.*``: they write files and change no number), as plain JSON."""
+    plain = json.loads(json.dumps(config))
+    trainer = plain.get("trainer") if isinstance(plain, dict) else None
+    if isinstance(trainer, dict) and isinstance(trainer.get("callbacks"), list):
+        trainer["callbacks"] = [
+            c
+            for c in trainer["callbacks"]
+            if not (isinstance(c, dict) and str(c.get("class_path", "")).startswith("metakd.pipeline."))
+        ]
+    return plain
 
 
 def cell_dir(config: dict[str, Any], seed: int, cell: str) -> Path:
@@ -427,12 +696,14 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
     trainer = merged.setdefault("trainer", {})
     trainer["default_root_dir"] = str(directory)
     callbacks = list(trainer.get("callbacks") or [])
-    callbacks.append(
-        {
-            "class_path": "metakd.pipeline.TestMetricsWriter",
-            "init_args": {"path": str(directory / TEST_METRICS_FILE)},
-        }
-    )
+    for writer, filename in (
+        ("TestMetricsWriter", TEST_METRICS_FILE),
+        ("DevCurveWriter", DEV_CURVE_FILE),
+        ("PredictionsWriter", PREDICTIONS_FILE),
+    ):
+        callbacks.append(
+            {"class_path": f"metakd.pipeline.{writer}", "init_args": {"path": str(directory / filename)}}
+        )
     trainer["callbacks"] = callbacks
     init_args = merged.setdefault("model", {}).setdefault("init_args", {})
     if cell.needs:
@@ -533,7 +804,7 @@ def run_cell(
     full = cell_config(config, seed, cell)
     if result_path.is_file():
         stored = json.loads(result_path.read_text(encoding="utf-8")).get("config")
-        if stored == json.loads(json.dumps(full)):
+        if config_identity(stored) == config_identity(full):
             return "skipped", 0.0, ""
         # A finished cell is reused only for the very config it was run with: a changed budget or
         # hyperparameter must not be reported with an older run's numbers.
@@ -545,7 +816,7 @@ def run_cell(
     config_path = directory / "cell.yaml"
     config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
     timeout = config.get("cell_timeout_s")
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _cpu_seconds(in_process)
     if cell.kind == "search":
         if (
             _run_cli(["search", "--config", str(config_path)], directory / "search.log", in_process, timeout)
@@ -555,7 +826,8 @@ def run_cell(
         seconds = time.monotonic() - start
         architecture = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
         payload = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info, "metrics": {},
-                   "architecture": architecture, "seconds": round(seconds, 1), "config": full}  # fmt: skip
+                   "architecture": architecture, "seconds": round(seconds, 1),
+                   "cpu_seconds": round(_cpu_seconds(in_process) - cpu_start, 1), "config": full}  # fmt: skip
         write_json(result_path, payload)
         return "done", seconds, ""
     fit_marker = directory / "fit.done"
@@ -575,6 +847,7 @@ def run_cell(
     tested = json.loads(metrics_path.read_text(encoding="utf-8"))
     if not tested["metrics"]:
         return "failed", seconds, f"the test run logged no test metrics (empty test split?), see {directory}"
+    curve_path = directory / DEV_CURVE_FILE
     payload = {
         "cell": cell.name,
         "kind": cell.kind,
@@ -583,16 +856,55 @@ def run_cell(
         "metrics": tested["metrics"],
         "best_checkpoint": tested.get("ckpt_path"),
         "seconds": round(seconds, 1),
+        # user + system CPU time of the fit and test (this run's part, when the fit was resumed)
+        "cpu_seconds": round(_cpu_seconds(in_process) - cpu_start, 1),
+        "dev_curve": json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None,
+        "predictions": (directory / PREDICTIONS_FILE).is_file(),
         "config": full,
     }
     write_json(result_path, payload)
+    prune_checkpoints(directory, config["keep_checkpoints"].get(cell.kind, "all"))
     return "done", seconds, ""
 
 
-def run_all(config: dict[str, Any], in_process: bool = False, stream: Any = None) -> dict[str, int]:
-    """Run every cell of every seed with a progress line per cell; returns counts per status."""
+def _cpu_seconds(in_process: bool) -> float:
+    """User + system CPU seconds of this process (in-process cells) or of its finished children."""
+    usage = resource.getrusage(resource.RUSAGE_SELF if in_process else resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def prune_checkpoints(directory: Path, keep: str) -> None:
+    """After a cell finished: ``all`` keeps its checkpoints, ``best`` only ``checkpoints/best.ckpt`` (what a
+    student loads as teacher), ``none`` removes the folder (its numbers and predictions are saved)."""
+    folder = directory / "checkpoints"
+    if keep == "all" or not folder.is_dir():
+        return
+    if keep == "none":
+        shutil.rmtree(folder)
+        return
+    for path in folder.iterdir():
+        if path.name != "best.ckpt":
+            path.unlink()
+
+
+def selected(cell: Cell, kinds: list[str] | None = None, patterns: list[str] | None = None) -> bool:
+    """Whether ``--kinds`` (teacher/student) and ``--cells`` (shell patterns of names) select ``cell``."""
+    if kinds and cell.kind not in kinds:
+        return False
+    return not patterns or any(fnmatch.fnmatchcase(cell.name, p) for p in patterns)
+
+
+def run_all(
+    config: dict[str, Any],
+    in_process: bool = False,
+    stream: Any = None,
+    kinds: list[str] | None = None,
+    patterns: list[str] | None = None,
+) -> dict[str, int]:
+    """Run every cell of every seed (or those ``kinds``/``patterns`` select), seed after seed, with a
+    progress line per cell; returns counts per status."""
     stream = stream or sys.stdout
-    cells = plan_cells(config)
+    cells = [cell for cell in plan_cells(config) if selected(cell, kinds, patterns)]
     jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
     durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
@@ -713,12 +1025,7 @@ def cell_accuracy(result: dict[str, Any], domain: str) -> float | None:
     return None
 
 
-def summarise(values: list[float]) -> dict[str, Any]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+summarise = mean_std  # mean ± sample std over seeds (``metakd.stats.mean_std``)
 
 
 def read_result(config: dict[str, Any], seed: int, cell: str) -> dict[str, Any] | None:
@@ -726,8 +1033,77 @@ def read_result(config: dict[str, Any], seed: int, cell: str) -> dict[str, Any] 
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+@dataclass
+class Row:
+    """One row of a results table: a model kind, with one cell per target domain (a teacher trained on
+    all domains is the same cell in every column)."""
+
+    key: str
+    label: str
+    kind: str  # "teacher" | "student"
+    cells: dict[str, str]  # domain -> cell name
+    budget: str | None = None  # "A" / "B" for a staged student, None when the row is the same under both
+    study: str = "main"
+    method: str | None = None
+
+
+def table_rows(config: dict[str, Any], planned: set[str]) -> list[Row]:
+    """The rows of the main table (teachers, then students per budget) and of the ablation study, each
+    with its cell per domain; a row whose cells are not planned (a method left out) is left out."""
+    domains = list(config["domains"])
+    variants, extra = config.get("variants"), config["extra_teachers"]
+    rows: list[Row] = []
+
+    def student_rows(names: list[str], budgets: list[str], study: str) -> None:
+        labels = dict(main_rows(names, variants, extra))
+        for name in names:
+            key, method = f"student_{name}", row_spec(name, variants, extra).method
+            for budget in budgets if is_staged(method) else [None]:
+                cells = {d: student_cell_name(name, d, budget=budget) for d in domains}
+                rows.append(Row(key + ("@A" if budget == "A" else ""), labels[key], "student", cells, budget,
+                                study, method))  # fmt: skip
+
+    if "main" in config["studies"]:
+        for key, label in main_rows(list(config["methods"]), variants, extra):
+            if key.startswith("teacher_"):
+                rows.append(Row(key, label, "teacher", {d: main_cell_name(key, d) for d in domains}))
+        student_rows(list(config["methods"]), list(config["budgets"]), "main")
+    if "ablation" in config["studies"]:
+        for name, spec in extra.items():
+            label = spec.get("label", f"Teacher: {name}")
+            cells = dict.fromkeys(domains, f"teacher/{name}")
+            rows.append(Row(f"teacher_{name}", label, "teacher", cells, study="ablation"))
+        student_rows(list(config["ablations"]), [config["ablation_budget"]], "ablation")
+    return [row for row in rows if row.cells[domains[0]] in planned]
+
+
+def row_accuracy(row: Row, results: dict[tuple[int, str], Any], seeds: list[int]) -> dict[str, Any]:
+    """Per domain: mean ± std of the test accuracy over seeds; ``average``: of the per-seed averages
+    over domains (a seed counts only when every domain has its number)."""
+    out: dict[str, Any] = {}
+    per_seed_avg: list[float] = []
+    per_domain: dict[str, list[float]] = {d: [] for d in row.cells}
+    for seed in seeds:
+        accs = []
+        for domain, name in row.cells.items():
+            result = results.get((seed, name))
+            value = cell_accuracy(result, domain) if result else None
+            if value is not None:
+                per_domain[domain].append(value)
+            accs.append(value)
+        if all(v is not None for v in accs):
+            per_seed_avg.append(statistics.fmean(accs))
+    for domain in row.cells:
+        out[domain] = summarise(per_domain[domain])
+    out["average"] = summarise(per_seed_avg)
+    return out
+
+
 def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str, Any]:
-    """Gather the cells' results into the benchmark's JSON (main table and studies)."""
+    """Gather the cells' results into the benchmark's JSON (main table, studies, paired intervals,
+    costs, teacher dev curves and warnings)."""
+    from metakd import report
+
     domains = list(config["domains"])
     seeds = list(config["seeds"])
     cells = plan_cells(config) if cells is None else cells
@@ -738,31 +1114,15 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         "domains": domains,
         "seeds": seeds,
     }
-    if "main" in config["studies"]:
-        table: dict[str, Any] = {}
-        planned = {cell.name for cell in cells}
-        for key, label in main_rows(list(config["methods"]), config.get("variants")):
-            if main_cell_name(key, domains[0]) not in planned:
-                continue
-            row: dict[str, Any] = {"label": label}
-            per_seed_avg: list[float] = []
-            per_domain: dict[str, list[float]] = {d: [] for d in domains}
-            for seed in seeds:
-                accs = []
-                for domain in domains:
-                    name = main_cell_name(key, domain)
-                    result = results.get((seed, name))
-                    value = cell_accuracy(result, domain) if result else None
-                    if value is not None:
-                        per_domain[domain].append(value)
-                    accs.append(value)
-                if all(v is not None for v in accs):
-                    per_seed_avg.append(statistics.fmean(accs))
-            for domain in domains:
-                row[domain] = summarise(per_domain[domain])
-            row["average"] = summarise(per_seed_avg)
-            table[key] = row
-        out["main"] = table
+    rows = table_rows(config, {cell.name for cell in cells})
+    tables: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = {"label": row.label, "kind": row.kind, "budget": row.budget, "method": row.method}
+        tables.setdefault("ablation" if row.study == "ablation" else "main", {})[row.key] = {
+            **entry,
+            **row_accuracy(row, results, seeds),
+        }
+    out.update(tables)
 
     def accuracies(name: str, domain: str) -> list[float | None]:
         return [cell_accuracy(r, domain) for s in seeds if (r := results.get((s, name)))]
@@ -792,8 +1152,12 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
                 ("seen", student_cell_name("meta", domain), None),
             )
         }
+    needs = {cell.name: cell.needs for cell in cells}
+    out.update(
+        report.analyse(config, rows, results, needs, lambda s, c: cell_dir(config, s, c) / PREDICTIONS_FILE)
+    )
     if config.get("robustness") and "main" in out:
-        out["robustness"] = collect_robustness(config, out["main"])
+        out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
         from metakd.search.adabert import describe
@@ -809,26 +1173,23 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     return out
 
 
-def collect_robustness(config: dict[str, Any], main: dict[str, Any]) -> dict[str, Any]:
+def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
     """Per main-table row and domain: clean accuracy, accuracy under attack and attack success rate of the
     attacked examples (``robustness_<domain>.json`` of each cell), summarised over seeds."""
+    metrics = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")
     table: dict[str, Any] = {}
-    for key, row in main.items():
-        entry: dict[str, Any] = {"label": row["label"]}
-        for domain in config["domains"]:
-            values: dict[str, list[float]] = {
-                "clean_accuracy": [],
-                "accuracy_under_attack": [],
-                "attack_success_rate": [],
-            }
+    for row in rows:
+        entry: dict[str, Any] = {"label": row.label}
+        for domain, cell in row.cells.items():
+            values: dict[str, list[float]] = {metric: [] for metric in metrics}
             for seed in config["seeds"]:
-                path = robustness_path(config, seed, main_cell_name(key, domain), domain)
+                path = robustness_path(config, seed, cell, domain)
                 if path.is_file():
-                    report = json.loads(path.read_text(encoding="utf-8"))
-                    for metric in values:
-                        values[metric].append(report[metric])
+                    attacked = json.loads(path.read_text(encoding="utf-8"))
+                    for metric in metrics:
+                        values[metric].append(attacked[metric])
             entry[domain] = {metric: summarise(v) for metric, v in values.items()}
-        table[key] = entry
+        table[row.key] = entry
     return table
 
 
@@ -853,6 +1214,19 @@ def budget_line(config: dict[str, Any]) -> str:
             f"{data.get('batch_size', '?')}, max_length {data.get('max_length', '?')}"
         )
         if kind == "teacher":
+            if trainer.get("max_steps", -1) not in (-1, None):
+                text = (
+                    f"at most {trainer['max_steps']} steps (lr warm-up and decay over them) of "
+                    f"{data.get('batch_size', '?')}, max_length {data.get('max_length', '?')}"
+                )
+            stop = early_stopping_of(trainer)
+            if stop:
+                every = trainer.get("val_check_interval", 1.0)
+                every = f"{every} steps" if isinstance(every, int) else f"{every} epoch"
+                text += (
+                    f", dev check every {every}, early stopping on {stop.get('monitor', 'val/acc')} "
+                    f"(patience {stop.get('patience', 3)} checks)"
+                )
             text = f"{model.get('backbone', 'minilm-l6')}; {text}"
         else:
             fresh = model.get("student_config")
@@ -868,13 +1242,12 @@ def budget_line(config: dict[str, Any]) -> str:
     return f"teachers: {part('teacher')}. students: {part('student')}"
 
 
-def fmt(stat: dict[str, Any]) -> str:
-    if stat.get("mean") is None:
-        return "—"
-    text = f"{100 * stat['mean']:.1f}"
-    if stat["n"] > 1:
-        text += f" ± {100 * stat['std']:.1f}"
-    return text
+def early_stopping_of(trainer: dict[str, Any]) -> dict[str, Any] | None:
+    """The init args of an ``EarlyStopping`` callback in a trainer config, or None."""
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("EarlyStopping"):
+            return callback.get("init_args") or {}
+    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -907,24 +1280,19 @@ def package_versions() -> dict[str, str]:
 
 
 def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
-    domains = summary["domains"]
+    from metakd import report
+
     seeds = summary["seeds"]
     lines = [f"# Benchmark: {summary['name']}", ""]
     lines.append(
         f"Test accuracy (%), model selected on the dev set (best `val/acc`); seeds {seeds}"
-        + (" (mean ± std)" if len(seeds) > 1 else "")
+        + (" (mean ± std over seeds; the average is taken per seed first)" if len(seeds) > 1 else "")
         + "."
     )
     lines += ["", f"**Budget** — {budget_line(config)}.", ""]
     if config.get("is_quick"):
         lines += ["*Quick mode: a smoke test of the pipeline, not a result.*", ""]
-    if "main" in summary:
-        lines.append("| method | " + " | ".join(domains) + " | average |")
-        lines.append("| --- |" + " ---: |" * (len(domains) + 1))
-        for row in summary["main"].values():
-            cells = [fmt(row[d]) for d in domains] + [fmt(row["average"])]
-            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += report.render_tables(config, summary) + report.render_comparisons(config, summary)
     if "scarcity" in summary:
         scarcity = summary["scarcity"]
         fractions = sorted({float(f) for points in scarcity["points"].values() for f in points})
@@ -932,7 +1300,7 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         lines.append("| student | " + " | ".join(f"{round(100 * f)}%" for f in fractions) + " |")
         lines.append("| --- |" + " ---: |" * len(fractions))
         for method, points in scarcity["points"].items():
-            values = [fmt(points.get(str(f), {})) for f in fractions]
+            values = [report.fmt(points.get(str(f), {})) for f in fractions]
             lines.append(f"| {method} | " + " | ".join(values) + " |")
         if scarcity.get("plot"):
             lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
@@ -943,13 +1311,15 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         if "unseen" in zero:
             lines.append(
                 f"| teacher never saw the domain (stand-in `{zero['unseen']['teacher_domain']}`) | "
-                f"{zero['unseen']['domain']} | {fmt(zero['unseen'])} |"
+                f"{zero['unseen']['domain']} | {report.fmt(zero['unseen'])} |"
             )
         if "seen" in zero:
-            lines.append(f"| teacher saw the domain | {zero['seen']['domain']} | {fmt(zero['seen'])} |")
+            lines.append(
+                f"| teacher saw the domain | {zero['seen']['domain']} | {report.fmt(zero['seen'])} |"
+            )
         lines.append("")
     if summary.get("robustness"):
-        settings = config["robustness"]
+        domains, settings = summary["domains"], config["robustness"]
         lines += [
             "## Robustness",
             "",
@@ -966,7 +1336,8 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         ]
         for row in summary["robustness"].values():
             cells = [
-                f"{fmt(row[d]['accuracy_under_attack'])} ({fmt(row[d]['clean_accuracy'])})" for d in domains
+                f"{report.fmt(row[d]['accuracy_under_attack'])} ({report.fmt(row[d]['clean_accuracy'])})"
+                for d in domains
             ]
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         lines += [
@@ -977,7 +1348,7 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         for row in summary["robustness"].values():
             lines.append(
                 f"| {row['label']} | "
-                + " | ".join(fmt(row[d]["attack_success_rate"]) for d in domains)
+                + " | ".join(report.fmt(row[d]["attack_success_rate"]) for d in domains)
                 + " |"
             )
         lines.append("")
@@ -991,6 +1362,10 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
                 f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
             )
         lines.append("")
+    lines += [REPORT_END_OF_PRINTED, ""]  # the terminal shows the report up to here
+    lines += report.render_costs(config, summary)
+    if summary.get("teacher_curves_plot"):
+        lines += ["![teacher dev curves](" + Path(summary["teacher_curves_plot"]).name + ")", ""]
     lines += [
         f"Compute: {format_seconds(summary['train_and_test_seconds'])} of fit + test over all cells.",
         "",
@@ -1031,7 +1406,41 @@ def plot_scarcity(summary: dict[str, Any], path: Path) -> str | None:
     return str(path)
 
 
+def plot_teacher_curves(curves: dict[str, Any], path: Path) -> str | None:
+    """Dev accuracy against optimiser steps, one line per teacher cell and seed (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (cell, seeds) in enumerate(sorted(curves.items())):
+        for number, (_, curve) in enumerate(sorted(seeds.items())):
+            points = [(s, 100 * a) for s, a in zip(curve["steps"], curve["val_acc"]) if a is not None]
+            if not points:
+                continue
+            axis.plot(
+                *zip(*points),
+                color=colours[index % len(colours)],
+                alpha=0.85,
+                linewidth=1.2,
+                label=cell if number == 0 else None,
+            )
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("dev accuracy (%)")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return str(path)
+
+
 def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
+    from metakd import report
+
     results_dir = Path(config["results_dir"])
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = results_dir / f"{config['name']}.json", results_dir / f"{config['name']}.md"
@@ -1043,6 +1452,16 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
     summary["json"] = str(json_path)
     if "scarcity" in summary:
         summary["scarcity"]["plot"] = plot_scarcity(summary, results_dir / f"{config['name']}_scarcity.png")
+    if summary.get("teacher_curves"):
+        curves_path = results_dir / f"{config['name']}_teacher_curves.png"
+        summary["teacher_curves_plot"] = plot_teacher_curves(summary["teacher_curves"], curves_path)
+    predictions_path = results_dir / f"{config['name']}_predictions.jsonl.gz"
+    count = report.bundle_predictions(
+        predictions_path,
+        [(seed, cell.name) for seed in config["seeds"] for cell in cells],
+        lambda seed, name: cell_dir(config, seed, name) / PREDICTIONS_FILE,
+    )
+    summary["predictions_file"] = str(predictions_path) if count else None
     summary["pipeline_config"] = {k: v for k, v in config.items() if k not in ("teacher", "student")}
     summary["cell_configs"] = {
         f"{seed}/{cell.name}": cell_config(config, seed, cell) for seed in config["seeds"] for cell in cells
@@ -1062,8 +1481,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="merge the config's `quick:` budget (minutes)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's `seeds`)")
     parser.add_argument("--domains", nargs="+", help="only these target domains (columns); cells are shared")
+    parser.add_argument("--studies", nargs="+", choices=list(STUDIES), help="override `studies`")
+    parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), help="override `budgets`")
     parser.add_argument(
-        "--studies", nargs="+", choices=["main", "scarcity", "zero_shot"], help="override `studies`"
+        "--kinds",
+        nargs="+",
+        choices=["teacher", "student"],
+        help="run only these kinds of cells (the report covers all)",
+    )
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="PATTERN",
+        help="run only the cells whose name matches one of these shell patterns, e.g. 'teacher/single/*'",
     )
     parser.add_argument(
         "--runs-dir", help="override `runs_dir` (cells live in <runs_dir>/<name>/<seed>/<cell>)"
@@ -1089,27 +1519,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_pipeline_config(args.config, quick=args.quick)
     # command-line overrides (argparse's `choices` check --studies and --methods)
-    for key in ("seeds", "studies", "methods", "domains", "runs_dir", "results_dir"):
+    for key in ("seeds", "studies", "methods", "domains", "runs_dir", "results_dir", "budgets"):
         if getattr(args, key):
             config[key] = getattr(args, key)
+    check_choices(args.config, config)
     if args.in_process:
         config["in_process"] = True
     if args.plan:
         for cell in plan_cells(config):
-            print(f"{cell.kind:<8} {cell.name:<36} needs {cell.needs or '-'}")
+            if selected(cell, args.kinds, args.cells):
+                print(f"{cell.kind:<8} {cell.name:<36} needs {cell.needs or '-'}")
         return 0
     counts = {"failed": 0, "blocked": 0}
     if not args.report_only:
         print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
         print(f"budget: {budget_line(config)}", flush=True)
-        counts = run_all(config, in_process=bool(config["in_process"]))
+        counts = run_all(config, in_process=bool(config["in_process"]), kinds=args.kinds, patterns=args.cells)
         print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     json_path, md_path = write_results(config)
     report = md_path.read_text(encoding="utf-8")
-    print("\n" + report.split("\nCompute:")[0].strip() + "\n", flush=True)  # the tables, per domain
+    printed = report.split(REPORT_END_OF_PRINTED)[0].split("\nCompute:")[0]
+    print("\n" + printed.strip() + "\n", flush=True)  # the tables, the intervals and the warnings
     print(f"wrote {json_path} and {md_path}", flush=True)
+    for line in json.loads(json_path.read_text(encoding="utf-8")).get("warnings") or []:
+        print(f"WARNING: {line}", file=sys.stderr, flush=True)
     return 1 if counts["failed"] or counts["blocked"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_boundary(main)())

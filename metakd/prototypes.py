@@ -393,3 +393,66 @@ def load_or_compute_transferability(
         atomic_torch_save({"transferability": t, "prototypes": prototypes}, path)
         log.info("transferability scores cached in %s", path)
     return t, prototypes, False
+
+
+TRANSFERABILITY_SCALES = ("none", "mean1", "temperature:<T>")
+"""The values of ``transferability_scale`` (see :func:`rescale_transferability`)."""
+
+
+def parse_transferability_scale(mode: str | float) -> tuple[str, float | None]:
+    """``(kind, temperature)`` of a ``transferability_scale`` value; a clear ``ValueError`` otherwise.
+
+    ``"none"`` and ``"mean1"`` have no temperature; ``"temperature:0.1"`` (or a bare number, e.g. ``0.1``)
+    is ``("temperature", 0.1)``; the temperature must be a finite number > 0.
+    """
+    text = str(mode).strip()
+    if text in ("none", "mean1"):
+        return text, None
+    value = text.split(":", 1)[1] if text.startswith("temperature:") else text
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = float("nan")
+    if not (temperature > 0 and temperature < float("inf")):
+        raise ValueError(
+            f"transferability_scale must be 'none', 'mean1' or 'temperature:<T>' with a number T > 0 "
+            f"(e.g. 'temperature:0.1'), got {mode!r}"
+        )
+    return "temperature", temperature
+
+
+def rescale_transferability(t: Tensor, mode: str | float = "none") -> Tensor:
+    """Rescale the transferability scores of a whole training split (``transferability_scale``).
+
+    ``t`` is the (N,) vector of raw scores indexed by ``example_ids``, NaN for examples without a score;
+    the statistics below are taken over its finite entries (the training examples), and NaN stays NaN.
+
+    - ``none``: t unchanged (the paper; a teacher clamps negative scores to 0 when it uses them as weights).
+    - ``mean1``: max(t, 0) divided by the mean of max(t, 0): the relative weights of the clamped scores
+      with mean 1, so that the weighting no longer scales the loss (and with it the step size) by
+      mean(t).
+    - ``temperature:<T>`` (or a bare number T): ``N * softmax(t / T)`` over the N scored examples, i.e.
+      ``exp(t_i / T)`` divided by the mean of ``exp(t_j / T)``: positive, mean 1; a large T flattens the
+      weights towards 1 (a near-uniform t, as anisotropic BERT-base states would give), a small T
+      sharpens them. Negative scores need no clamping here.
+
+    Returns a float tensor of t's shape.
+    """
+    kind, temperature = parse_transferability_scale(mode)
+    if kind == "none":
+        return t.clone()
+    scored = torch.isfinite(t)
+    if not bool(scored.any()):
+        raise ValueError("rescale_transferability: t has no finite score to take the mean over")
+    out = torch.full_like(t, float("nan"), dtype=torch.float64)
+    values = t[scored].double()
+    if kind == "mean1":
+        clamped = values.clamp_min(0.0)
+        mean = clamped.mean()
+        if not bool(mean > 0):
+            raise ValueError("transferability_scale 'mean1': every score is <= 0, so the mean weight is 0")
+        out[scored] = clamped / mean
+    else:
+        logits = values / float(temperature)  # type: ignore[arg-type]
+        out[scored] = torch.softmax(logits, dim=0) * values.numel()
+    return out.to(t.dtype if t.is_floating_point() else torch.float32)

@@ -45,6 +45,7 @@ from metakd.students.base import StudentOutput, checkpoint_payload, student_from
 from metakd.students.hf import HFStudent, build_student_model  # noqa: F401  (historical import path)
 from metakd.teachers import FrozenTeacher, load_teacher, recompute_transferability  # noqa: F401
 from metakd.utils import adamw_param_groups
+from metakd.validation import check_student_options
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,16 @@ class Student(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
+        numbers = {
+            "intermediate_lr": intermediate_lr,
+            "prediction_lr": prediction_lr,
+            "lambda_tk": lambda_tk,
+            "weight_decay": weight_decay,
+            "temperature": temperature,
+            "hard_label_weight": hard_label_weight,
+            "intermediate_epochs": intermediate_epochs,
+        }
+        check_student_options(**{name: value for name, value in numbers.items() if value is not None})
         if matches is not None:  # plain dicts in the checkpoint (loadable with weights_only=True)
             self.hparams["matches"] = [asdict(coerce_match(m)) for m in matches]
         self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]

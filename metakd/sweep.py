@@ -48,6 +48,8 @@ from typing import Any
 import yaml
 from pytorch_lightning.callbacks import Callback
 
+from metakd.errors import MetakdError
+
 METRICS_ENV = "METAKD_SWEEP_METRICS"
 METRICS_FILE = "sweep_metrics.jsonl"
 RECORDER_CLASS = "metakd.sweep.SweepMetricsRecorder"
@@ -55,7 +57,7 @@ DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 _MACRO = re.compile(r"\$\{[^}]*\}")
 
 
-class SweepError(ValueError):
+class SweepError(MetakdError, ValueError):
     """A sweep file or command line that cannot be run."""
 
 
@@ -107,16 +109,41 @@ def load_sweep_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+# What metakd uses of W&B's sweep engine: a module named `sweeps` without them is something else (run
+# from the metakd repository, `import sweeps` finds its `sweeps/` folder of YAML files as a namespace
+# package when the engine is not installed).
+SWEEP_ENGINE_API = ("next_run", "SweepConfig", "schema_violations_from_proposed_config")
+SWEEP_INSTALL_HINT = (
+    "local sweeps need W&B's sweep engine: pip install 'metakd[sweep]' (the `sweeps` package)"
+)
+
+
 def _import_sweeps() -> Any:
+    """W&B's sweep engine (the ``sweeps`` package), recognised by what it provides."""
     try:
         with warnings.catch_warnings():  # sweeps 0.2 declares a pydantic-1 style config
             warnings.simplefilter("ignore")
             import sweeps
-    except ImportError as err:  # pragma: no cover - depends on the environment
+    except ImportError as err:
+        raise SweepError(SWEEP_INSTALL_HINT) from err
+    missing = [name for name in SWEEP_ENGINE_API if not hasattr(sweeps, name)]
+    if missing:
+        locations = [getattr(sweeps, "__file__", None) or "", *map(str, getattr(sweeps, "__path__", []))]
+        where = ", ".join(dict.fromkeys(filter(None, locations)))
         raise SweepError(
-            "local sweeps need W&B's sweep engine: pip install 'metakd[sweep]' (the `sweeps` package)"
-        ) from err
+            f"{SWEEP_INSTALL_HINT}; the `sweeps` module found ({where or 'unknown location'}) is not the "
+            f"engine: it has no {', '.join(missing)}"
+        )
     return sweeps
+
+
+def sweep_engine_available() -> bool:
+    """Whether W&B's sweep engine can be imported (not just any module named ``sweeps``)."""
+    try:
+        _import_sweeps()
+    except SweepError:
+        return False
+    return True
 
 
 def schema_violations(config: dict[str, Any]) -> list[str]:
@@ -452,8 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m metakd sweep``: 0 when at least one trial finished with a metric."""
     args = build_parser().parse_args(argv)
     if args.count < 1:
-        print("error: --count must be >= 1", file=sys.stderr)
-        return 2
+        raise SweepError(f"--count must be >= 1, got {args.count}")
     extra = [token for chunk in args.extra_args for token in shlex.split(chunk)]
     out = args.out or os.path.join(
         "runs", "sweeps", f"{Path(args.sweep_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -469,9 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             dry_run=args.dry_run,
         )
-    except (SweepError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:  # e.g. the sweep file or the output folder; printed by the error boundary
+        raise SweepError(str(err)) from err
     if args.dry_run:
         return 0
     print(f"[sweep] leaderboard: {Path(out) / 'leaderboard.md'}")

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from metakd.backbones import DEFAULT_BACKBONE, BackboneError, load_encoder
+from metakd.errors import ConfigError, MetakdError
 from metakd.losses import (
     domain_corruption_targets,
     per_instance_cross_entropy,
@@ -56,8 +57,15 @@ from metakd.losses import (
     teacher_loss_terms,
     weighted_teacher_loss,
 )
-from metakd.prototypes import PrototypePooling, load_or_compute_transferability, masked_mean_pool
+from metakd.prototypes import (
+    PrototypePooling,
+    load_or_compute_transferability,
+    masked_mean_pool,
+    parse_transferability_scale,
+    rescale_transferability,
+)
 from metakd.utils import adamw_param_groups
+from metakd.validation import check_teacher_options
 from metakd.weighting import HeldoutRule, meta_instance_weights
 
 log = logging.getLogger(__name__)
@@ -69,10 +77,16 @@ PrototypeGranularity = Literal["domain", "domain_class"]
 # Hyperparameters a checkpoint must share with the model that loads it.
 IDENTITY_HPARAMS = ("backbone", "num_domains", "num_labels", "domain_names", "label_names", "encoder_config")
 IDENTITY_KEY = "metakd_teacher_identity"
+# The teacher's class (``module.QualName``), so a loader can rebuild a subclass such as MultiTaskTeacher.
+CLASS_KEY = "metakd_teacher_class"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(MetakdError, ValueError):
     """A checkpoint trained for another backbone, domain set or label set."""
+
+
+class NonFiniteLossError(MetakdError, FloatingPointError):
+    """A NaN or infinite training loss; the message names the step and the batch's example_ids."""
 
 
 @dataclass
@@ -80,18 +94,20 @@ class TeacherOutput:
     """What :meth:`MetaTeacher.forward` returns (docs/ARCHITECTURE.md).
 
     Attributes:
-        logits: (B, C) classifier on the [CLS] state.
-        domain_logits: (B, K) domain head on u = dropout(tanh(corrupt_dense(E[d] + c))).
+        logits: (B, C) classifier on the [CLS] state (the multi-task teacher: each example's domain head).
+        domain_logits: (B, K) domain head on u = dropout(tanh(corrupt_dense(E[d] + c))); None for a
+            teacher without a domain head (:class:`MultiTaskTeacher`).
         pooled: (B, H) c, masked mean of the last-layer token states.
-        transferable: (B, H) g = corrupt_dense(E[d] + c), before tanh.
+        transferable: (B, H) g = corrupt_dense(E[d] + c), before tanh; None for a teacher without it
+            (``"transferable" not in type(teacher).provides``).
         hidden_states: L+1 tensors (B, T, H) (embedding output, then each layer) or None.
         attentions: L tensors (B, heads, T, T) of attention probabilities or None.
     """
 
     logits: Tensor
-    domain_logits: Tensor
+    domain_logits: Tensor | None
     pooled: Tensor
-    transferable: Tensor
+    transferable: Tensor | None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
 
@@ -119,7 +135,7 @@ def build_encoder(
                 encoder = load_encoder(backbone, **kwargs)
     except (ValueError, ImportError) as err:
         if attn_implementation == "eager" and not isinstance(err, BackboneError):
-            raise ValueError(
+            raise ConfigError(
                 f"backbone {backbone!r} cannot be built with attn_implementation='eager', which the meta "
                 f"weighting (a double backward through attention) needs: {err}. Use weighting 'prototype' "
                 "or 'none' with this backbone."
@@ -136,8 +152,76 @@ def _attn_implementation(encoder: nn.Module) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-class TeacherNetwork(nn.Module):
-    """Encoder and Meta-KD heads as a plain module (what the meta look-ahead differentiates through)."""
+def use_eager_attention(encoder: nn.Module) -> None:
+    """Switch ``encoder`` to eager attention (sdpa returns no attention probabilities)."""
+    if _attn_implementation(encoder) == "eager":
+        return
+    if not hasattr(encoder, "set_attn_implementation"):
+        raise ValueError(
+            "attention probabilities need attn_implementation='eager'; build the teacher with "
+            "attn_implementation='eager' (this transformers version cannot switch a loaded model)"
+        )
+    encoder.set_attn_implementation("eager")
+
+
+class EncoderNetwork(nn.Module):
+    """An encoder with heads on it (a plain module: what the meta look-ahead differentiates through).
+
+    :meth:`forward` runs the encoder and hands its last-layer states to :meth:`heads`, which subclasses
+    implement; ``encoder`` and ``dropout`` are set by them.
+    """
+
+    encoder: nn.Module
+    dropout: nn.Module
+
+    def use_eager_attention(self) -> None:
+        """Switch the encoder to eager attention (sdpa returns no attention probabilities)."""
+        use_eager_attention(self.encoder)
+
+    def heads(
+        self, states: Tensor, attention_mask: Tensor, domain_ids: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """``(logits, domain_logits, pooled, transferable)`` from the last-layer states (B, T, H)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        domain_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> TeacherOutput:
+        if domain_ids is None:
+            raise ValueError(
+                f"{type(self).__name__} needs domain_ids (the heads depend on each example's domain)"
+            )
+        if output_attentions:
+            self.use_eager_attention()
+        encoded = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits, domain_logits, pooled, transferable = self.heads(
+            encoded.last_hidden_state, attention_mask, domain_ids
+        )
+        return TeacherOutput(
+            logits=logits,
+            domain_logits=domain_logits,
+            pooled=pooled,
+            transferable=transferable,
+            hidden_states=tuple(encoded.hidden_states) if output_hidden_states else None,
+            attentions=tuple(encoded.attentions) if output_attentions else None,
+        )
+
+
+class TeacherNetwork(EncoderNetwork):
+    """Encoder and Meta-KD heads (see the module docstring)."""
 
     def __init__(
         self,
@@ -157,53 +241,16 @@ class TeacherNetwork(nn.Module):
         self.domain_classifier = nn.Linear(hidden, num_domains)
         self.reverse_domain_gradient = reverse_domain_gradient
 
-    def use_eager_attention(self) -> None:
-        """Switch the encoder to eager attention (sdpa returns no attention probabilities)."""
-        if _attn_implementation(self.encoder) == "eager":
-            return
-        if not hasattr(self.encoder, "set_attn_implementation"):
-            raise ValueError(
-                "attention probabilities need attn_implementation='eager'; build the teacher with "
-                "attn_implementation='eager' (this transformers version cannot switch a loaded model)"
-            )
-        self.encoder.set_attn_implementation("eager")
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-        domain_ids: Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> TeacherOutput:
-        if domain_ids is None:
-            raise ValueError("the meta-teacher needs domain_ids (the domain embedding E[d] enters g)")
-        if output_attentions:
-            self.use_eager_attention()
-        encoded = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        states = encoded.last_hidden_state
+    def heads(
+        self, states: Tensor, attention_mask: Tensor, domain_ids: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         logits = self.classifier(self.dropout(states[:, 0]))
         pooled = masked_mean_pool(states, attention_mask)
         transferable = self.corrupt_dense(self.domain_embedding(domain_ids) + pooled)
         u = self.dropout(torch.tanh(transferable))
         if self.reverse_domain_gradient:
             u = reverse_gradient(u)
-        return TeacherOutput(
-            logits=logits,
-            domain_logits=self.domain_classifier(u),
-            pooled=pooled,
-            transferable=transferable,
-            hidden_states=tuple(encoded.hidden_states) if output_hidden_states else None,
-            attentions=tuple(encoded.attentions) if output_attentions else None,
-        )
+        return logits, self.domain_classifier(u), pooled, transferable
 
 
 class PerDomainAccuracy(torchmetrics.Metric):
@@ -277,10 +324,14 @@ class MetaTeacher(pl.LightningModule):
         attn_implementation: the encoder's attention kernel; forced to ``eager`` with meta weighting.
         transferability_cache: reuse t_i from the disk cache (``$METAKD_CACHE`` or
             ``~/.cache/metakd/transferability``) when the split, encoder and options match.
+        transferability_scale: how t_i become instance weights (``prototype`` weighting):
+            ``none`` (the paper: max(t_i, 0)), ``mean1`` (max(t_i, 0) over its mean on the training
+            split) or ``temperature:<T>`` (N softmax(t / T), mean 1); see
+            :func:`metakd.prototypes.rescale_transferability`. The buffer keeps the raw scores.
     """
 
-    provides = frozenset({"logits", "hidden", "attention", "transferable"})
-    """What a student can distil from this teacher (``transferable``: g, from the domain heads)."""
+    provides: frozenset[str] = frozenset({"logits", "hidden", "attention", "transferable"})
+    """What :meth:`forward` can give a student: logits, hidden states, attentions, transferable knowledge."""
 
     def __init__(
         self,
@@ -305,23 +356,25 @@ class MetaTeacher(pl.LightningModule):
         encoder_config: dict[str, Any] | None = None,
         attn_implementation: str | None = None,
         transferability_cache: bool = True,
+        transferability_scale: str = "none",
     ) -> None:
         super().__init__()
         _check_choice("weighting", weighting, Weighting)
+        parse_transferability_scale(transferability_scale)
         _check_choice("prototype_granularity", prototype_granularity, PrototypeGranularity)
         _check_choice("prototype_pooling", prototype_pooling, PrototypePooling)
         _check_choice("domain_loss", domain_loss, DomainLoss)
         _check_choice("meta_heldout", meta_heldout, HeldoutRule)
         if num_labels < 2 or num_domains < 1:
-            raise ValueError(f"need num_labels >= 2 and num_domains >= 1, got {num_labels} and {num_domains}")
+            raise ConfigError(
+                f"need num_labels >= 2 and num_domains >= 1, got {num_labels} and {num_domains}"
+            )
         for name, names, n in (
             ("domain_names", domain_names, num_domains),
             ("label_names", label_names, num_labels),
         ):
             if names is not None and len(names) != n:
-                raise ValueError(f"{name} has {len(names)} entries ({names}) but the model has {n}")
-        if meta_every_n_steps < 1:
-            raise ValueError(f"meta_every_n_steps must be >= 1, got {meta_every_n_steps}")
+                raise ConfigError(f"{name} has {len(names)} entries ({names}) but the model has {n}")
         if "meta" in weighting and attn_implementation not in (None, "eager"):
             warnings.warn(
                 f"weighting={weighting!r} needs eager attention (sdpa has no double backward); "
@@ -332,16 +385,19 @@ class MetaTeacher(pl.LightningModule):
         # different values (e.g. a datamodule's label_names=None that it infers later); the hparams still
         # go into every checkpoint, and LightningCLI saves the full config.yaml.
         self.save_hyperparameters(logger=False)
+        check_teacher_options(**self.hparams)  # learning rates, weights, ratios: ConfigError naming the key
         self.automatic_optimization = False
 
         attn = "eager" if "meta" in weighting else attn_implementation
         encoder = build_encoder(backbone, encoder_config, attn)
         if attn == "eager" and _attn_implementation(encoder) not in (None, "eager"):
-            raise ValueError(
+            raise ConfigError(
                 f"backbone {backbone!r} came up with attention {_attn_implementation(encoder)!r} instead of "
                 f"'eager', which weighting={weighting!r} needs"
             )
-        self.network = TeacherNetwork(encoder, num_labels, num_domains, dropout, domain_loss == "reversal")
+        self.network = self._build_network(
+            encoder, num_labels, num_domains, dropout, domain_loss == "reversal"
+        )
         # from_pretrained returns the encoder in eval mode; Lightning keeps module modes, so without
         # this the encoder's dropout would stay off during training.
         self.network.train()
@@ -355,6 +411,7 @@ class MetaTeacher(pl.LightningModule):
         self._transferability_options: dict[str, Any] | None = None
         self._restored_from_checkpoint = False
         self._heldout_iterator: Any = None
+        self._scaled_weights: tuple[Tensor, Tensor] | None = None  # (t it was made from, weights)
 
         self.train_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
@@ -363,6 +420,12 @@ class MetaTeacher(pl.LightningModule):
         self.test_domain_acc = PerDomainAccuracy(num_domains)
 
     # ------------------------------------------------------------------ model
+    def _build_network(
+        self, encoder: nn.Module, num_labels: int, num_domains: int, dropout: float, reverse: bool
+    ) -> nn.Module:
+        """The encoder and heads (a subclass may build other heads on the same encoder)."""
+        return TeacherNetwork(encoder, num_labels, num_domains, dropout, reverse)
+
     @property
     def encoder(self) -> nn.Module:
         """The transformer encoder (``self.network.encoder``)."""
@@ -413,12 +476,17 @@ class MetaTeacher(pl.LightningModule):
         """Compute (or reuse) the transferability scores t_i before the first step."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "split_fingerprint"):
-            raise ValueError(
+            raise ConfigError(
                 "MetaTeacher needs a LightningDataModule following docs/ARCHITECTURE.md (split_fingerprint, "
                 "num_pooled_train, train_eval_dataloader); pass it with trainer.fit(model, datamodule=...)"
             )
         self._heldout_iterator = None
         fingerprint, num_examples = datamodule.split_fingerprint, int(datamodule.num_pooled_train)
+        if getattr(datamodule, "num_train_ids", None) not in (None, num_examples):
+            raise ValueError(
+                "MetaTeacher trains on the pooled training split; data.init_args.augment (augmented "
+                "examples) is for students: remove it from the teacher's data config"
+            )
         wanted = self._wanted_transferability_options()
         if (
             self.split_fingerprint == fingerprint
@@ -442,7 +510,7 @@ class MetaTeacher(pl.LightningModule):
         if self._restored_from_checkpoint:
             # The weights are fine-tuned: the prototypes need the pre-trained encoder again.
             if hp.encoder_config is not None:
-                raise ValueError(
+                raise ConfigError(
                     "cannot compute transferability scores for this data: the checkpoint's encoder was a "
                     "fresh random initialisation (encoder_config), whose initial weights are gone, and its "
                     f"stored scores are for split_fingerprint {self.split_fingerprint!r}, not "
@@ -514,6 +582,7 @@ class MetaTeacher(pl.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["split_fingerprint"] = self.split_fingerprint
         checkpoint["transferability_options"] = self._transferability_options
         # A copy that load_from_checkpoint(**overrides) does not rewrite (it updates hyper_parameters).
@@ -553,7 +622,7 @@ class MetaTeacher(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate)
         total = self.trainer.estimated_stepping_batches
         if not isinstance(total, int) and not float(total) < float("inf"):
-            raise ValueError(
+            raise ConfigError(
                 "the linear schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
             )
         total = int(total)
@@ -584,12 +653,23 @@ class MetaTeacher(pl.LightningModule):
                 f"no transferability score for example_ids {bad}: they were not in the train_eval_dataloader "
                 f"the scores were computed on (split_fingerprint {self.split_fingerprint!r})"
             )
-        return t.clamp_min(0.0)
+        return self._transferability_weights()[ids].clamp_min(0.0)
+
+    def _transferability_weights(self) -> Tensor:
+        """The scores of the whole training split rescaled by ``transferability_scale`` (made once per
+        scores buffer)."""
+        mode = self.hparams.get("transferability_scale", "none")
+        if mode == "none":
+            return self.transferability
+        if self._scaled_weights is None or self._scaled_weights[0] is not self.transferability:
+            scaled = rescale_transferability(self.transferability, mode)
+            self._scaled_weights = (self.transferability, scaled)
+        return self._scaled_weights[1]
 
     def _next_heldout_batch(self) -> dict[str, Tensor]:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
-            raise ValueError("meta weighting draws its held-out batch from the datamodule's training split")
+            raise ConfigError("meta weighting draws its held-out batch from the datamodule's training split")
         for _ in range(2):
             if self._heldout_iterator is None:
                 self._heldout_iterator = iter(datamodule.train_dataloader())
@@ -598,7 +678,9 @@ class MetaTeacher(pl.LightningModule):
                 return {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
             except StopIteration:
                 self._heldout_iterator = None
-        raise ValueError("the datamodule's train_dataloader() is empty: no held-out batch for meta weighting")
+        raise ConfigError(
+            "the datamodule's train_dataloader() is empty: no held-out batch for meta weighting"
+        )
 
     def _meta_weights(self, batch: dict[str, Tensor], domain_targets: Tensor | None) -> Tensor:
         hp = self.hparams
@@ -646,7 +728,7 @@ class MetaTeacher(pl.LightningModule):
         return weights.detach()
 
     def _raise_not_finite(self, what: str, value: Tensor, batch: dict[str, Tensor], batch_idx: int) -> None:
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"{what} is {value.item()} at global step {self.global_step} (epoch {self.current_epoch}, batch "
             f"{batch_idx}); example_ids of the batch: {batch['example_ids'].tolist()}. Lower the learning "
             "rate, check these examples, or keep fp32."
@@ -671,7 +753,7 @@ class MetaTeacher(pl.LightningModule):
         if not torch.isfinite(loss.total):
             self._raise_not_finite("the training loss", loss.total, batch, batch_idx)
         objective = loss.total
-        if domain_targets is None:
+        if domain_targets is None and out.domain_logits is not None:
             # Without a domain loss the domain head gets a zero gradient, so DDP (which expects every
             # trainable parameter in the graph) needs no find_unused_parameters.
             objective = objective + 0.0 * out.domain_logits.sum()
@@ -700,7 +782,8 @@ class MetaTeacher(pl.LightningModule):
         return loss.total.detach()
 
     # -------------------------------------------------------------- evaluation
-    def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+    def _evaluate(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        """Update the split's metrics with one batch; returns the logits."""
         out = self._run(batch)
         preds = out.logits.argmax(-1)
         labels = batch["labels"]
@@ -711,6 +794,7 @@ class MetaTeacher(pl.LightningModule):
         loss = per_instance_cross_entropy(out.logits, labels).mean()
         self.log(f"{split}/loss", loss, on_epoch=True, batch_size=labels.shape[0], sync_dist=True)
         self.log(f"{split}/acc", accuracy, on_epoch=True, batch_size=labels.shape[0])
+        return out.logits
 
     def _log_domain_accuracy(self, split: str) -> None:
         metric = self.val_domain_acc if split == "val" else self.test_domain_acc
@@ -726,8 +810,16 @@ class MetaTeacher(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_domain_accuracy("val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Test metrics of one batch; returns the rows' ``example_ids``, ``domain_ids``, ``labels`` and
+        ``logits`` (what :class:`metakd.pipeline.PredictionsWriter` saves per example)."""
+        logits = self._evaluate(batch, "test")
+        return {
+            "example_ids": batch["example_ids"],
+            "domain_ids": batch["domain_ids"],
+            "labels": batch["labels"],
+            "logits": logits.detach(),
+        }
 
     def on_test_epoch_end(self) -> None:
         self._log_domain_accuracy("test")
@@ -744,4 +836,4 @@ class MetaTeacher(pl.LightningModule):
 def _check_choice(name: str, value: Any, choices: Any) -> None:
     allowed = choices.__args__
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -321,7 +321,7 @@ class FrozenTeacher:
             self.cache = None
             return
         fingerprint = getattr(datamodule, "data_fingerprint", None)
-        size = getattr(datamodule, "num_pooled_train", None)
+        size = train_id_count(datamodule)
         if fingerprint is None or size is None:
             log.warning("teacher-output cache off: the datamodule has no data_fingerprint / num_pooled_train")
             self.cache = None
@@ -403,9 +403,27 @@ class FrozenTeacher:
                     f"teacher transferability has {stored.shape[0]} entries but the pooled training split "
                     f"has {datamodule.num_pooled_train}"
                 )
-            return stored.detach().float().cpu()
+            return by_source_example(stored.detach().float().cpu(), datamodule)
         log.info("teacher split fingerprint differs from the data's: recomputing t_i from its prototypes")
-        return recompute_transferability(teacher, datamodule, self.domain_map)
+        scores = recompute_transferability(teacher, datamodule, self.domain_map)
+        return by_source_example(scores[: datamodule.num_pooled_train], datamodule)
+
+
+def train_id_count(datamodule: Any) -> int | None:
+    """How many ``example_ids`` the training split uses: ``num_train_ids`` (augmented examples
+    included), else ``num_pooled_train`` (a datamodule without augmentation), else None."""
+    size = getattr(datamodule, "num_train_ids", None)
+    return size if size is not None else getattr(datamodule, "num_pooled_train", None)
+
+
+def by_source_example(values: Tensor, datamodule: Any) -> Tensor:
+    """Per-example values of the pooled training split (``num_pooled_train`` rows) extended to every
+    training id: an augmented example gets the value of the example it came from
+    (``datamodule.source_example_ids``). Unchanged for a datamodule without augmentation."""
+    source = getattr(datamodule, "source_example_ids", None)
+    if source is None or source.shape[0] == values.shape[0]:
+        return values
+    return values[source.to(values.device)]
 
 
 def _keep(states: Sequence[Tensor] | None, used: set[int] | frozenset[int]) -> tuple | None:
@@ -462,7 +480,7 @@ def recompute_transferability(teacher: nn.Module, datamodule: Any, teacher_domai
     from metakd.teacher import build_encoder
 
     hp = teacher.hparams
-    num_examples = int(datamodule.num_pooled_train)
+    num_examples = int(train_id_count(datamodule))
     prototypes = getattr(teacher, "prototypes", None)
     if prototypes is None or prototypes.numel() == 0:
         log.warning(

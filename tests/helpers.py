@@ -182,8 +182,9 @@ def train_tiny_teacher(path: str, datamodule: pl.LightningDataModule | None = No
     return path
 
 
-def tiny_teacher(datamodule: Any, **overrides: Any) -> Any:
-    """A MetaTeacher with the tiny random encoder for ``datamodule``'s labels and domains (no t_i cache)."""
+def tiny_teacher(datamodule: Any, teacher_class: Any = None, **overrides: Any) -> Any:
+    """A MetaTeacher (or ``teacher_class``) with the tiny random encoder for ``datamodule``'s labels and
+    domains (no t_i cache)."""
     from metakd.teacher import MetaTeacher
 
     kwargs: dict[str, Any] = {
@@ -196,7 +197,7 @@ def tiny_teacher(datamodule: Any, **overrides: Any) -> Any:
         "transferability_cache": False,
     }
     kwargs.update(overrides)
-    return MetaTeacher(**kwargs)
+    return (teacher_class or MetaTeacher)(**kwargs)
 
 
 def tiny_student(teacher_ckpt: str | None, datamodule: Any, **overrides: Any) -> Any:
@@ -265,6 +266,105 @@ def run_python(
 def run_metakd(*args: Any, **kwargs: Any):
     """Run ``python -m metakd ARGS`` offline (:func:`run_python`)."""
     return run_python("-m", "metakd", *args, **kwargs)
+
+
+# --- tiny text corpora and CLI error output (shared by the CLI, fault and reliability tests) ------
+
+SENTIMENT_WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
+
+
+def tiny_corpus_records(domains: tuple[str, ...] = ("books", "dvd"), per_domain: int = 20) -> list[dict]:
+    """Sentiment records ``{"text", "label", "domain"}``: labels ``neg``/``pos`` alternate, 1-3 sentiment
+    words per text (learnable), ``per_domain`` records per domain."""
+    records = []
+    for domain in domains:
+        for i in range(per_domain):
+            label = "pos" if i % 2 else "neg"
+            words = [SENTIMENT_WORDS[label][(i + k) % 4] for k in range(1 + i % 3)]
+            records.append(
+                {"text": f"the {domain} {i} is " + " ".join(words), "label": label, "domain": domain}
+            )
+    return records
+
+
+def write_jsonl(path: Any, records: list[Any]) -> Any:
+    """Write ``records`` (dicts as JSON, strings as they are) one a line to ``path``; returns ``path``."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def write_tiny_corpus(path: Any, domains: tuple[str, ...] = ("books", "dvd"), per_domain: int = 20) -> Any:
+    """:func:`tiny_corpus_records` as a JSONL file at ``path``; returns ``path``."""
+    return write_jsonl(path, tiny_corpus_records(domains, per_domain))
+
+
+def stderr_lines(result: Any) -> list[str]:
+    """The non-empty lines of a finished subprocess's stderr."""
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def tiny_fit_config(directory: Any, train_file: Any) -> dict[str, Any]:
+    """A ``python -m metakd fit`` config: a tiny MetaTeacher (MiniLM tokenizer, :func:`tiny_encoder_config`)
+    on a ``JsonlDataModule`` over ``train_file``, one CPU step, no logger, run folder ``directory/run``."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    return {
+        "seed_everything": 1,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            # one real step (not fast_dev_run, which never writes checkpoints): a fit that got as far as
+            # training leaves run/checkpoints/, which the fault tests check is absent
+            "max_steps": 1,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(directory / "run"),
+        },
+        "model": {
+            "class_path": "metakd.MetaTeacher",
+            "init_args": {
+                "backbone": "minilm-l6",
+                "encoder_config": tiny_encoder_config(),
+                "transferability_cache": False,
+            },
+        },
+        "data": {
+            "class_path": "datamodules.JsonlDataModule",
+            "init_args": {
+                "train_file": str(train_file),
+                "backbone": "minilm-l6",
+                "max_length": 16,
+                "batch_size": 8,
+                "cache_dir": str(directory / "cache"),
+            },
+        },
+    }
+
+
+def write_tiny_fit_setup(directory: Any) -> Any:
+    """``directory/corpus.jsonl`` (:func:`write_tiny_corpus`), ``directory/tiny.yaml``
+    (:func:`tiny_fit_config` on it) and ``directory/truncated.ckpt`` (the first bytes of a torch zip,
+    then nothing: a checkpoint cut off while written); returns ``directory``."""
+    from pathlib import Path
+
+    import yaml
+
+    directory = Path(directory)
+    corpus = write_tiny_corpus(directory / "corpus.jsonl")
+    config = tiny_fit_config(directory, corpus)
+    (directory / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (directory / "truncated.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    return directory
 
 
 # --- a user's own student architecture (no token states, no attention) -----------------------------

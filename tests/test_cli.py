@@ -4,14 +4,19 @@ best`, one teacher checkpoint serving a student per domain, `export`, and a pred
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
+from helpers import (
+    REPO,
+    run_metakd,
+    stderr_lines,
+    tiny_encoder_config,
+    tiny_student_config,
+    write_tiny_corpus,
+)
 
-WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 TRAINER = {
     "accelerator": "cpu",
     "devices": 1,
@@ -27,13 +32,7 @@ TRAINER = {
 def workdir(tmp_path_factory) -> Path:
     """A tiny 2-domain corpus (labels given as names, label set inferred) and tiny configs."""
     directory = tmp_path_factory.mktemp("cli")
-    lines = []
-    for domain in ("books", "dvd"):
-        for i in range(40):
-            label = "pos" if i % 2 else "neg"
-            words = " ".join(WORDS[label][(i + k) % 4] for k in range(3))
-            lines.append(json.dumps({"text": f"the {domain} is {words}", "label": label, "domain": domain}))
-    (directory / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(directory / "corpus.jsonl", per_domain=40)
     data = {
         "class_path": "datamodules.JsonlDataModule",
         "init_args": {
@@ -80,7 +79,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_print_config_resolves_the_shipped_configs() -> None:
-    pipeline_configs = ("benchmark", "main_job")  # read by `metakd pipeline`, not LightningCLI
+    pipeline_configs = ("benchmark", "main_job", "pipeline")  # read by `metakd pipeline`, not LightningCLI
     configs = sorted(
         p for p in (REPO / "configs").glob("*/*.yaml")
         if p.parent.name != "loggers" and not p.name.startswith(pipeline_configs)
@@ -154,9 +153,9 @@ def test_model_and_data_target_domain_must_agree(workdir: Path) -> None:
         cwd=workdir,
         check=False,
     )
-    assert result.returncode != 0
-    assert "model.init_args.target_domain is 'dvd' but data.init_args.target_domain is 'books'" in (
-        result.stderr + result.stdout
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert stderr_lines(result)[-1].startswith(
+        "error: model.init_args.target_domain is 'dvd' but data.init_args.target_domain is 'books'"
     )
 
 
@@ -167,5 +166,6 @@ def test_best_without_a_fit_names_the_missing_checkpoint(tmp_path: Path, workdir
     result = run_metakd(
         "test", "--config", str(tmp_path / "t.yaml"), "--ckpt_path", "best", cwd=tmp_path, check=False
     )
-    assert result.returncode != 0
-    assert "last.ckpt from an earlier `fit`" in result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = stderr_lines(result)[-1]
+    assert last.startswith('error: ckpt_path "best": no ') and "last.ckpt from an earlier `fit`" in last

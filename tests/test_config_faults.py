@@ -1,10 +1,9 @@
-"""Bad CLI / config values through the real command line: each run stops before any training, with a
-non-zero exit and a message that names the key or file and what was expected.
+"""Bad CLI / config values through the command line, in-process: each run stops before any training with
+exit status 2 and ``error: <message>`` as the last line of stderr, the message naming the key or file and
+what was expected.
 
-Most cases run ``metakd.cli.main([...])`` in-process (parse errors: ``SystemExit(2)`` and the message on
-stderr; errors raised while the classes are built propagate as exceptions, which ``python -m metakd``
-turns into exit status 1 and a traceback ending in the message); one subprocess checks the exit status
-and stderr of the real ``python -m metakd`` for both kinds.
+``metakd.cli.main([...])`` runs the same error boundary as ``python -m metakd``; tests/test_cli_errors.py
+runs the real command as a subprocess for every row of docs/FAULTS.md.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_metakd, tiny_encoder_config
+from helpers import write_tiny_fit_setup
 
 from metakd.cli import main
 
@@ -22,86 +21,29 @@ from metakd.cli import main
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 2-domain corpus, a MetaTeacher config on it, and a truncated checkpoint file."""
-    directory = tmp_path_factory.mktemp("faults")
-    lines = []
-    for domain in ("books", "dvd"):
-        for i in range(20):
-            label = "pos" if i % 2 else "neg"
-            text = f"the {domain} is {'good' if label == 'pos' else 'bad'} {i}"
-            lines.append(json.dumps({"text": text, "label": label, "domain": domain}))
-    (directory / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = {
-        "seed_everything": 1,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            # one real step (not fast_dev_run, which never writes checkpoints): a fit that got as far as
-            # training would leave run/checkpoints/, which the fault tests check is absent
-            "max_steps": 1,
-            "limit_val_batches": 1,
-            "num_sanity_val_steps": 0,
-            "logger": False,
-            "enable_progress_bar": False,
-            "default_root_dir": str(directory / "run"),
-        },
-        "model": {
-            "class_path": "metakd.MetaTeacher",
-            "init_args": {
-                "backbone": "minilm-l6",
-                "encoder_config": tiny_encoder_config(),
-                "transferability_cache": False,
-            },
-        },
-        "data": {
-            "class_path": "datamodules.JsonlDataModule",
-            "init_args": {
-                "train_file": str(directory / "corpus.jsonl"),
-                "backbone": "minilm-l6",
-                "max_length": 16,
-                "batch_size": 8,
-                "cache_dir": str(directory / "cache"),
-            },
-        },
-    }
-    (directory / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    # the first bytes of a zip (torch's format), then nothing: a checkpoint cut off while written
-    (directory / "truncated.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
-    return directory
+    return write_tiny_fit_setup(tmp_path_factory.mktemp("faults"))
 
 
-def parse_error(workdir: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """Run ``fit --config tiny.yaml *args``, expect a parse error (exit 2); return the stderr message."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(workdir / "tiny.yaml"), *args])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    return " ".join(err[err.index("error:") :].split())  # one line: the wrapping varies
-
-
-def build_error(workdir: Path, *args: str) -> BaseException:
-    """Run ``fit --config tiny.yaml *args``, expect an error before training; return it."""
-    with pytest.raises(Exception) as info:
-        main(["fit", "--config", str(workdir / "tiny.yaml"), *args])
+def cli_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str], *args: str, config: str = "tiny.yaml"
+) -> list[str]:
+    """Run ``fit --config CONFIG *args``; expect exit status 2 before any training; return the last two
+    lines of stderr (the line before ``error: ...``, or "", and the ``error:`` line)."""
+    assert main(["fit", "--config", str(workdir / config), *args]) == 2
     assert not (workdir / "run" / "checkpoints").exists()  # nothing was trained
-    return info.value
-
-
-def chain(error: BaseException) -> str:
-    """The messages of an exception and its causes (jsonargparse wraps an __init__ error in a ValueError)."""
-    parts: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None:
-        parts.append(f"{type(seen).__name__}: {seen}")
-        seen = seen.__cause__ or seen.__context__
-    return "\n".join(parts)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), lines[-5:]
+    return ["", *lines][-2:]
 
 
 def test_unknown_config_key(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    message = parse_error(workdir, capsys, "--model.init_args.learning_rat", "0.1")
-    assert "Problem with given class_path 'metakd.MetaTeacher'" in message
-    assert "NestedArg(key='learning_rat'" in message
-    message = parse_error(workdir, capsys, "--bogus", "1")
-    assert "error: unrecognized arguments: --bogus 1" in message
+    _, error = cli_error(workdir, capsys, "--model.init_args.learning_rat", "0.1")
+    assert error == (
+        "error: model.init_args.learning_rat: no such option of metakd.MetaTeacher; "
+        "did you mean 'learning_rate'?"
+    )
+    _, error = cli_error(workdir, capsys, "--bogus", "1")
+    assert error == "error: unrecognized arguments: --bogus 1"
 
 
 def test_unknown_key_in_config_file(
@@ -109,50 +51,78 @@ def test_unknown_key_in_config_file(
 ) -> None:
     config = yaml.safe_load((workdir / "tiny.yaml").read_text(encoding="utf-8"))
     config["model"]["init_args"]["learning_rat"] = 0.1
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(bad)])
-    assert exit_info.value.code == 2
-    message = " ".join(capsys.readouterr().err.split())
-    assert (
-        "Problem with given class_path 'metakd.MetaTeacher': Option 'learning_rat' is not accepted" in message
-    )
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    _, error = cli_error(workdir, capsys, config="bad.yaml")
+    assert error.startswith("error: model.init_args.learning_rat: no such option of metakd.MetaTeacher")
 
 
 def test_wrong_type(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    message = parse_error(workdir, capsys, "--data.init_args.batch_size", "abc")
-    assert 'error: Parser key "data"' in message
-    assert "Problem with given class_path 'datamodules.JsonlDataModule'" in message
-    assert "Parser key \"batch_size\": Expected a <class 'int'>. Got value: abc" in message
+    _, error = cli_error(workdir, capsys, "--data.init_args.batch_size", "abc")
+    assert error == "error: data.init_args.batch_size: expected int, got 'abc'"
 
 
 def test_bad_enum_value(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    message = parse_error(workdir, capsys, "--model.init_args.weighting", "sometimes")
-    assert 'Parser key "weighting": Expected a typing.Literal[' in message
-    assert "'prototype', 'meta', 'prototype+meta', 'none'" in message and "Got value: sometimes" in message
+    _, error = cli_error(workdir, capsys, "--model.init_args.weighting", "sometimes")
+    assert error == (
+        "error: model.init_args.weighting: 'sometimes' is not one of ['prototype', 'meta', 'prototype+meta', "
+        "'none']"  # nothing close enough to suggest
+    )
+    _, error = cli_error(workdir, capsys, "--model.init_args.domain_loss", "revrsal")
+    assert error.endswith("is not one of ['corruption', 'reversal', 'none']; did you mean 'reversal'?")
 
 
-def test_unknown_target_domain(workdir: Path) -> None:
-    message = chain(build_error(workdir, "--data.init_args.target_domain", "toys"))
-    assert "DataError: jsonl: unknown target_domain 'toys'; known domains: ['books', 'dvd']" in message
+def test_misspelt_class_path(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, error = cli_error(workdir, capsys, "--model.class_path", "metakd.MetaTeachr")
+    assert error == (
+        "error: model.class_path 'metakd.MetaTeachr': module 'metakd' has no attribute 'MetaTeachr'; "
+        "did you mean 'metakd.MetaTeacher'?"
+    )
+
+
+def test_loader_option_names_its_key(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    where, error = cli_error(workdir, capsys, "--data.init_args.batch_size", "0")
+    assert error == "error: batch_size must be a positive integer, got 0"
+    assert where == "config key: data.init_args.batch_size (datamodules.JsonlDataModule)"
+
+
+def test_unknown_target_domain(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    where, error = cli_error(workdir, capsys, "--data.init_args.target_domain", "toys")
+    assert error == "error: jsonl: unknown target_domain 'toys'; known domains: ['books', 'dvd']"
+    assert where == "config key: data.init_args.target_domain (datamodules.JsonlDataModule)"
 
 
 @pytest.mark.parametrize("fraction", ["0", "-0.5", "1.5"])
-def test_train_fraction_outside_unit_interval(workdir: Path, fraction: str) -> None:
-    message = chain(build_error(workdir, "--data.init_args.train_fraction", fraction))
-    assert f"DataError: train_fraction must be in (0, 1], got {float(fraction)!r}" in message
+def test_train_fraction_outside_unit_interval(
+    workdir: Path, capsys: pytest.CaptureFixture[str], fraction: str
+) -> None:
+    where, error = cli_error(workdir, capsys, "--data.init_args.train_fraction", fraction)
+    assert error == f"error: train_fraction must be in (0, 1], got {float(fraction)!r}"
+    assert where == "config key: data.init_args.train_fraction (datamodules.JsonlDataModule)"
 
 
-def test_truncated_ckpt_path_for_fit(workdir: Path) -> None:
-    from metakd.checkpointing import CheckpointFileError
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("learning_rate", "-0.1", "model.init_args.learning_rate must be >= 0, got -0.1"),
+        ("domain_loss_weight", "-1", "model.init_args.domain_loss_weight must be >= 0, got -1.0"),
+        ("warmup_ratio", "1.5", "model.init_args.warmup_ratio must be in [0, 1], got 1.5"),
+        ("meta_every_n_steps", "0", "model.init_args.meta_every_n_steps must be an integer >= 1, got 0"),
+        ("gradient_clip_norm", "0", "model.init_args.gradient_clip_norm must be > 0, got 0.0"),
+    ],
+)
+def test_numeric_teacher_options_are_checked_at_construction(
+    workdir: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    where, error = cli_error(workdir, capsys, f"--model.init_args.{option}", value)
+    assert error == f"error: {message}" and not where.startswith("config key:")
 
+
+def test_truncated_ckpt_path_for_fit(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = workdir / "truncated.ckpt"
-    error = build_error(workdir, "--ckpt_path", str(path))
-    assert isinstance(error, CheckpointFileError)
-    assert str(error).startswith(
-        f"'{path}' is not a torch checkpoint (truncated, or another kind of file); expected a MetaTeacher "
-        "checkpoint"
+    _, error = cli_error(workdir, capsys, "--ckpt_path", str(path))
+    assert error.startswith(
+        f"error: '{path}' is not a torch checkpoint (truncated, or another kind of file); expected a "
+        "MetaTeacher checkpoint"
     )
 
 
@@ -165,30 +135,14 @@ def student_args(teacher_ckpt: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_missing_teacher_ckpt_for_student(workdir: Path) -> None:
+def test_missing_teacher_ckpt_for_student(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = str(workdir / "no_such_teacher.ckpt")
-    message = chain(build_error(workdir, *student_args(missing)))
-    assert f"TeacherCheckpointError: teacher checkpoint not found: '{missing}'" in message
-    assert "model.teacher_ckpt must name a MetaTeacher .ckpt" in message
+    _, error = cli_error(workdir, capsys, *student_args(missing))
+    assert error.startswith(f"error: teacher checkpoint not found: '{missing}'")
+    assert "model.teacher_ckpt must name a MetaTeacher .ckpt" in error
 
 
-def test_truncated_teacher_ckpt_for_student(workdir: Path) -> None:
+def test_truncated_teacher_ckpt_for_student(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(workdir / "truncated.ckpt")
-    message = chain(build_error(workdir, *student_args(path)))
-    assert f"TeacherCheckpointError: cannot load the teacher checkpoint '{path}' as a MetaTeacher" in message
-
-
-def run_cli(workdir: Path, *args: str):
-    return run_metakd("fit", "--config", workdir / "tiny.yaml", *args, cwd=workdir, check=False, timeout=120)
-
-
-def test_real_cli_exit_status_and_stderr(workdir: Path) -> None:
-    """``python -m metakd``: a parse error exits 2, an error from a class's __init__ exits 1, both with
-    the message on stderr."""
-    result = run_cli(workdir, "--data.init_args.batch_size", "abc", "--data.init_args.target_domain", "toys")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Expected a <class 'int'>. Got value: abc" in result.stderr
-    result = run_cli(workdir, "--data.init_args.target_domain", "toys")
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "DataError: jsonl: unknown target_domain 'toys'; known domains: ['books', 'dvd']" in result.stderr
-    assert "Traceback" in result.stderr and not (workdir / "run" / "checkpoints").exists()
+    _, error = cli_error(workdir, capsys, *student_args(path))
+    assert error.startswith(f"error: cannot load the teacher checkpoint '{path}' as a MetaTeacher")

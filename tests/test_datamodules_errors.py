@@ -67,6 +67,31 @@ def test_missing_custom_field_and_csv_column(tmp_path):
         JsonlDataModule(train_file=csv_path)
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_empty_text_is_refused_with_file_line_and_field(tmp_path, blank):
+    records = good_records()
+    records[2]["text"] = blank
+    path = write_lines(tmp_path / "c.jsonl", jsonl_lines(records))
+    message = f"{path}:3: field 'text' is empty ({blank!r}); every example needs a text"
+    with pytest.raises(DataError, match=re.escape(message)):
+        JsonlDataModule(train_file=path)
+
+
+def test_empty_second_text_of_a_pair_is_refused(tmp_path):
+    records = good_records()
+    hyps = ["" if i == 4 else "a hypothesis" for i in range(len(records))]
+    rows = [f"a premise,{h},{r['label']},{r['domain']}" for h, r in zip(hyps, records)]
+    path = write_lines(tmp_path / "pairs.csv.gz", ["text,hyp,label,domain", *rows])
+    with pytest.raises(DataError, match=re.escape(f"{path}:6: field 'hyp' is empty ('')")):
+        JsonlDataModule(train_file=path, text_pair_field="hyp")
+
+
+def test_shipped_corpora_have_no_empty_text():
+    """Empty texts are refused, so the shipped corpora must have none (they load: every text checked)."""
+    assert len(AmazonReviewsDataModule().raw_splits()["train"]) == 6480
+    assert sum(len(rows) for rows in MNLIDataModule().raw_splits().values()) == 25000
+
+
 def test_label_outside_label_set(tmp_path):
     records = good_records()
     records[4]["label"] = "meh"
@@ -171,6 +196,19 @@ def test_too_few_examples_to_carve_a_stratified_split(tmp_path):
 def test_train_fraction_outside_unit_interval(fraction):
     with pytest.raises(DataError, match=re.escape(f"train_fraction must be in (0, 1], got {fraction!r}")):
         AmazonReviewsDataModule(train_fraction=fraction)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("max_length", 1, "max_length must be an integer >= 4, got 1"),
+        ("num_workers", -1, "num_workers must be an integer >= 0, got -1"),
+    ],
+)
+def test_loader_options_are_checked(option, value, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        AmazonReviewsDataModule(**{option: value})
 
 
 def test_train_fraction_one_is_accepted():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -78,6 +79,23 @@ def test_meta_kd_weight_switches(teacher_ckpt: str) -> None:
     assert DISTILLERS.get("meta")(instance_weighting=False).instance_weights(step) is None
 
 
+def test_meta_kd_rescales_t_before_weighting() -> None:
+    """transferability_scale: t_i rescaled over the training split (as the teacher option), then 1 + t_i."""
+    t = torch.tensor([0.2, -0.1, 0.6, float("nan")])
+    teacher = SimpleNamespace(transferability=lambda datamodule: t)
+    weighted = [SimpleNamespace(weighted=True)]
+    method = DISTILLERS.get("meta")(transferability_scale="mean1")
+    method.setup(teacher, None, weighted)
+    expected = torch.tensor([0.2 / (0.8 / 3), 0.0, 0.6 / (0.8 / 3)])  # max(t, 0) / mean(max(t, 0))
+    torch.testing.assert_close(method.transferability[:3], expected)
+    assert torch.isnan(method.transferability[3])
+    plain = DISTILLERS.get("meta")()
+    plain.setup(teacher, None, weighted)
+    torch.testing.assert_close(plain.transferability, t, equal_nan=True)  # "none": the scores as they are
+    with pytest.raises(StudentConfigError, match="transferability_scale must be"):
+        DISTILLERS.get("meta")(transferability_scale="loud")
+
+
 # ------------------------------------------------------------------------ a student without token states
 
 
@@ -117,6 +135,21 @@ def test_student_without_hidden_states_distils_with_vanilla_kd_and_refuses_tinyb
     with torch.no_grad():
         expected = student(encoded["input_ids"], encoded["attention_mask"]).logits
         torch.testing.assert_close(model(encoded["input_ids"], encoded["attention_mask"]).logits, expected)
+
+
+def test_bad_student_model_specs_name_the_key(teacher_ckpt: str) -> None:
+    data = toy()
+    for spec, message in (
+        ({"class_path": "bilstmm"}, r"student_model.class_path: unknown student architecture 'bilstmm'"),
+        ({"class_path": "helpers.MeanPoolMLPStudent", "init_args": {"width": 3}}, r"takes no \['width'\]"),
+        ({"init_args": {}}, "must be a mapping with class_path"),
+        ({"class_path": "torch.nn.Linear"}, "not a metakd.students.StudentModel subclass"),
+    ):
+        with pytest.raises(StudentConfigError, match=message):
+            tiny_student(teacher_ckpt, data, distillation="vanilla", student_config=None, student_model=spec)
+    both = "student_model or student_layers / student_config, not both"
+    with pytest.raises(StudentConfigError, match=both):  # tiny_student sets a student_config
+        tiny_student(teacher_ckpt, data, distillation="vanilla", student_model=MLP)
 
 
 # ------------------------------------------------------------------------------- a plain HF teacher

@@ -88,7 +88,11 @@ def test_export_rejects_what_it_cannot_export(tmp_path: Path, student_ckpt: tupl
         export_student(foreign, tmp_path / "out")
     with pytest.raises(ExportError, match="add --onnx"):
         export_student(student_ckpt[0], tmp_path / "out", int8=True)
-    assert main(["--ckpt", str(foreign), "--out", str(tmp_path / "out")]) == 1
+    with pytest.raises(ExportError, match="not a metakd Student checkpoint"):
+        main(["--ckpt", str(foreign), "--out", str(tmp_path / "out")])
+    from metakd.cli import main as cli_main  # the error boundary: `error: <message>`, exit status 2
+
+    assert cli_main(["export", "--ckpt", str(foreign), "--out", str(tmp_path / "out")]) == 2
 
 
 def test_export_never_loses_what_out_already_holds(tmp_path: Path, student_ckpt: tuple[str, Student]) -> None:

@@ -231,7 +231,7 @@ def test_several_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
     assert student["average"]["values"] == pytest.approx([0.65, 0.72])
     assert student["average"]["std"] == pytest.approx(0.0495, abs=1e-4)
     markdown = md_path.read_text()
-    assert "seeds [1, 2] (mean ± std)" in markdown
+    assert "seeds [1, 2] (mean ± std over seeds" in markdown
     assert "| Student: Meta-KD (meta-teacher) | 62.0 ± 2.8 | 75.0 ± 7.1 | 68.5 ± 4.9 |" in markdown
     assert "| Teacher: meta-teacher | 80.0 ± 14.1 | 80.0 ± 14.1 | 80.0 ± 0.0 |" in markdown
 

@@ -19,13 +19,20 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 SWEEP_NAMES = {"meta_teacher.yaml", "student.yaml"}
 
 
+def require_sweep_engine() -> None:
+    """Skip unless W&B's sweep engine is installed (``importorskip("sweeps")`` is not enough: from the repo
+    root the repo's own ``sweeps/`` folder imports as a namespace package)."""
+    if not S.sweep_engine_available():
+        pytest.skip("W&B's sweep engine is not installed (pip install 'metakd[sweep]')")
+
+
 def test_sweep_files_exist():
     assert {p.name for p in SWEEP_FILES} >= SWEEP_NAMES
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_sweep_file_valid(path):
-    pytest.importorskip("sweeps")
+    require_sweep_engine()
     config = S.load_sweep_config(path)
     assert S.schema_violations(config) == []
     filled = S.validate_sweep_config(config)
@@ -119,7 +126,7 @@ def test_numpy_values_and_leaderboard_order(tmp_path):
 
 def test_local_sweep_two_trials(tmp_path):
     """Two real trials (tiny teacher, 2 steps) plus a failing one that must not stop the sweep."""
-    pytest.importorskip("sweeps")
+    require_sweep_engine()
     tiny = write_tiny_setup(tmp_path / "setup")
     sweep_file = tmp_path / "sweep.yaml"
     config = S.load_sweep_config(REPO / "sweeps" / "meta_teacher.yaml")
@@ -162,7 +169,7 @@ def test_local_sweep_two_trials(tmp_path):
 
 
 def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path):
-    pytest.importorskip("sweeps")
+    require_sweep_engine()
     sweep_file = tmp_path / "sweep.yaml"
     script = tmp_path / "train.py"
     # fails for x == 1, otherwise writes a metrics.csv (the CSV fallback of the metric reader)
@@ -192,3 +199,29 @@ def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path):
         ("2", "finished", "0.2"),
         ("1", "failed", ""),
     ]
+
+
+def test_a_sweeps_module_without_the_engine_api_gives_the_install_hint(monkeypatch, capsys) -> None:
+    """A module named ``sweeps`` that is not the engine (the repo's ``sweeps/`` folder imported as a
+    namespace package) is refused with the install hint, not an AttributeError; the CLI prints it."""
+    import types
+
+    from metakd.cli import main as cli_main
+
+    folder = types.ModuleType("sweeps")
+    folder.__path__ = [str(REPO / "sweeps")]
+    monkeypatch.setitem(sys.modules, "sweeps", folder)
+    with pytest.raises(
+        S.SweepError, match=r"pip install 'metakd\[sweep\]'.* is not the engine: it has no next_run"
+    ):
+        S.validate_sweep_config({})
+    assert not S.sweep_engine_available()
+    assert cli_main(["sweep", str(SWEEP_FILES[0]), "--count", "1", "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: local sweeps need W&B's sweep engine")
+
+
+def test_count_below_one_is_a_clear_error(capsys) -> None:
+    from metakd.cli import main as cli_main
+
+    assert cli_main(["sweep", str(SWEEP_FILES[0]), "--count", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: --count must be >= 1, got 0"

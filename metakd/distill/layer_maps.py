@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.distill.losses import get_feature_loss
+from metakd.errors import MetakdError
 
 Feature = Literal["embeddings", "hidden", "attention"]
 FEATURES: tuple[str, ...] = ("embeddings", "hidden", "attention")
@@ -37,7 +38,7 @@ DEFAULT_LOSS: dict[str, str] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(MetakdError, ValueError):
     """An invalid layer match in a distillation recipe."""
 
 

@@ -133,10 +133,13 @@ def soft_cross_entropy(
 def domain_expertise(teacher_logits: Tensor, labels: Tensor) -> Tensor:
     """Domain-expertise weight ``sigma_i = 1 / (1 + exp((1 - p_T(y_i | x_i))^2))``, shape (B,).
 
-    Lies in [1/(1+e), 1/2]: highest where the teacher is confident in the gold label. Detached.
+    Lies in [1/(1+e), 1/2]: highest where the teacher is confident in the gold label. Detached. An
+    unknown label (negative, e.g. -100 for an augmented example only the teacher labels) is replaced by
+    the teacher's own prediction, so sigma_i = 1 / (1 + exp((1 - max_c p_T(c | x_i))^2)).
     """
     probs = torch.softmax(teacher_logits.detach().float(), dim=-1)
-    gold = probs.gather(1, labels.long().view(-1, 1)).squeeze(1)
+    labels = torch.where(labels < 0, probs.argmax(dim=-1), labels.long())
+    gold = probs.gather(1, labels.view(-1, 1)).squeeze(1)
     return torch.sigmoid(-((1.0 - gold) ** 2))
 
 

@@ -14,6 +14,7 @@ from metakd.distill.layer_maps import LayerMatch
 from metakd.distill.losses import domain_expertise, instance_weights
 from metakd.distill.terms import HardCE, LayerMatches, LogitKD, TransferableMSE
 from metakd.errors import StudentConfigError
+from metakd.prototypes import parse_transferability_scale, rescale_transferability
 
 
 def prediction_stage(temperature: float, t2_scaling: bool, hard_label_weight: float, lr: float) -> Stage:
@@ -118,7 +119,9 @@ class MetaKD(TinyBERTKD):
 
     Switches (ablations of one objective): ``instance_weighting`` (both factors),
     ``transferability_weights`` (the ``1 + t_i`` factor), ``expertise_weights`` (the ``sigma_i``
-    factor), ``use_transferable`` (the ``L_tk`` term).
+    factor), ``use_transferable`` (the ``L_tk`` term), and ``transferability_scale`` (t_i rescaled over the
+    training split before it enters ``1 + t_i``: ``none``, ``mean1`` or ``temperature:<T>``, as the
+    MetaTeacher option of that name; ``metakd.prototypes.rescale_transferability``).
     """
 
     label = "Meta-KD"
@@ -138,6 +141,7 @@ class MetaKD(TinyBERTKD):
         use_transferable: bool = True,
         transferability_weights: bool = True,
         expertise_weights: bool = True,
+        transferability_scale: str = "none",
     ) -> None:
         super().__init__(
             matches,
@@ -153,12 +157,17 @@ class MetaKD(TinyBERTKD):
         self.transferable_weight = lambda_tk if use_transferable else 0.0
         self.weight_transferability = instance_weighting and transferability_weights
         self.weight_expertise = instance_weighting and expertise_weights
+        try:
+            parse_transferability_scale(transferability_scale)
+        except ValueError as err:
+            raise StudentConfigError(f"distillation_options.{err}") from None
+        self.transferability_scale = transferability_scale
         self.transferability: Tensor | None = None
 
     def setup(self, teacher: Any, datamodule: Any, stages: list[Stage], device: Any = None) -> None:
         """Read t_i once (by ``example_ids``) when a weighted stage will run with the t_i factor."""
         if self.weight_transferability and any(stage.weighted for stage in stages):
-            t = teacher.transferability(datamodule)
+            t = rescale_transferability(teacher.transferability(datamodule), self.transferability_scale)
             self.transferability = t.to(device) if device is not None else t
 
     def instance_weights(self, step: StepContext) -> Tensor | None:

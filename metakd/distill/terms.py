@@ -22,14 +22,21 @@ from metakd.distill.layer_maps import (
 from metakd.distill.losses import get_feature_loss, soft_cross_entropy, transferable_mse
 from metakd.errors import StudentConfigError
 
+UNKNOWN_LABEL = -100
+"""A label only the teacher knows (``datamodules.augment.UNKNOWN_LABEL``; PyTorch's ``ignore_index``)."""
+
 
 class HardCE(LossTerm):
-    """Cross-entropy with the gold labels: ``CE(z_S, y)``."""
+    """Cross-entropy with the gold labels: ``CE(z_S, y)``; 0 for an example whose label is unknown
+    (``y = -100``, ``datamodules.augment.UNKNOWN_LABEL``: an augmented example only the teacher labels)."""
 
     name = "ce"
 
     def __call__(self, step: StepContext) -> Tensor:
-        return F.cross_entropy(step.student.logits.float(), step.batch["labels"], reduction="none")
+        labels = step.batch["labels"]
+        known = labels != UNKNOWN_LABEL
+        losses = F.cross_entropy(step.student.logits.float(), labels.clamp_min(0), reduction="none")
+        return torch.where(known, losses, torch.zeros_like(losses))
 
 
 class LogitKD(LossTerm):

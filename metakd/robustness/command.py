@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metakd.errors import MetakdError
 from metakd.robustness.attack import AttackBudget, attack_dataset
 from metakd.utils import write_json
 
 
-class RobustnessError(ValueError):
+class RobustnessError(MetakdError, ValueError):
     """A model or data that the attack cannot run on."""
 
 

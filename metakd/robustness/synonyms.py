@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from metakd.errors import MetakdError
 from metakd.robustness.attack import STOPWORDS
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
@@ -23,7 +24,7 @@ POS_FILES = ("noun", "verb", "adj", "adv")
 _SINGLE_WORD = re.compile(r"^[a-z]+$")
 
 
-class WordNetError(FileNotFoundError):
+class WordNetError(MetakdError, FileNotFoundError):
     """The WordNet database is missing or unreadable."""
 
 
