@@ -969,6 +969,11 @@ def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_proces
     directory = cell_dir(config, seed, cell.name)
     for domain in robustness_domains(config, cell):
         path = robustness_path(config, seed, cell.name, domain)
+        if not best_checkpoint(config, seed, cell.name).is_file() and not path.is_file():
+            return (
+                f"robustness needs {best_checkpoint(config, seed, cell.name)} (keep_checkpoints "
+                f"{config['keep_checkpoints'].get(cell.kind)!r} for {cell.kind}s removed it)"
+            )
         if (
             path.is_file()
             and json.loads(path.read_text(encoding="utf-8")).get("pipeline_settings") == settings
