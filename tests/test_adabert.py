@@ -373,7 +373,16 @@ def test_pipeline_searches_per_domain_and_reports_robustness(
 
     # the side-by-side report: accuracy and robustness from the cells, size and throughput measured
     run_python(
-        "benchmarks/students.py", "--config", config_path, "--repeats", "1", "--seq", "12", "--batch", "2"
+        "benchmarks/students.py",
+        "--config",
+        config_path,
+        "--quick",
+        "--repeats",
+        "1",
+        "--seq",
+        "12",
+        "--batch",
+        "2",
     )
     report = json.loads((tmp_path / "results" / "tiny_quick_students.json").read_text())
     assert set(report["entries"]) == {
