@@ -107,6 +107,12 @@ def load_encoder(name: str, attn_implementation: str | None = None, **kwargs: An
         raise _load_failure(name, err) from err
 
 
+def pretrained_word_embeddings(name: str) -> Any:
+    """A copy of a backbone's input word-embedding table, (vocabulary, hidden) (e.g. ``minilm-l6``:
+    30522 x 384): what students that are not BERTs start their embeddings from."""
+    return load_encoder(name).get_input_embeddings().weight.detach().clone()
+
+
 def load_classifier(name: str, **kwargs: Any):
     """``AutoModelForSequenceClassification.from_pretrained`` on a resolved backbone name, with a clear
     error. The model comes back in train mode (``from_pretrained`` gives eval mode, and Lightning keeps

@@ -318,6 +318,8 @@ EXTRA_COMMANDS = {
     "sweep": "metakd.sweep",
     "pipeline": "metakd.pipeline",
     "classify": "metakd.classify",
+    "search": "metakd.search.command",
+    "robustness": "metakd.robustness.command",
 }
 COMMANDS = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
 

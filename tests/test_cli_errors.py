@@ -197,8 +197,8 @@ CASES = [
         "unknown_command",
         lambda w: ["fitt", "--config", str(w / "tiny.yaml")],
         "unknown command 'fitt'; did you mean 'fit'?",
-        where="usage: python -m metakd {fit,validate,test,predict,export,sweep,pipeline,classify} ... "
-        "(a command's --help lists its options)",
+        where="usage: python -m metakd {fit,validate,test,predict,export,sweep,pipeline,classify,search,"
+        "robustness} ... (a command's --help lists its options)",
     ),
     # --- student and teacher checkpoints
     Case(
