@@ -655,17 +655,24 @@ def plot_pareto(report: dict[str, Any], path: Path) -> str | None:
 
 def render(report: dict[str, Any]) -> str:
     setup = report["setup"]
+    inf = setup.get("inference_setup", setup)  # --no-inference: the setup of the carried-over table
+    carried = (
+        f" (carried over: measured at {setup['inference_carried_over_from']}; the training sections below "
+        f"are from this run, load average {setup['load_before']} before, {setup['load_after']} after)"
+        if "inference_carried_over_from" in setup
+        else ""
+    )
     lines = [
         f"# Speed benchmark ({'tiny models' if setup['tiny'] else 'MiniLM-L6 teacher and its students'})",
         "",
-        f"CPU inference at seq {setup['seq']}, {setup['threads']} thread(s), timed by the "
-        f"{setup.get('clock', 'wall clock')}: throughput at batch "
-        f"{setup['batch']} (median of {setup['reps']} rounds) and at batch 1 (median of "
-        f"{setup['reps'] * setup['latency_calls']} calls), p50 latency at batch 1. Every model runs on "
+        f"CPU inference{carried} at seq {inf['seq']}, {inf['threads']} thread(s), timed by the "
+        f"{inf.get('clock', 'wall clock')}: throughput at batch "
+        f"{inf['batch']} (median of {inf['reps']} rounds) and at batch 1 (median of "
+        f"{inf['reps'] * inf['latency_calls']} calls), p50 latency at batch 1. Every model runs on "
         "every runtime in the same interleaved rounds; each ratio compares a student with the teacher's "
         "network on the same runtime and batch. Size: the fp32 safetensors weights (PyTorch) or the ONNX "
         "file. Load average "
-        f"{setup['load_before']} before, {setup['load_after']} after.",
+        f"{inf['load_before']} before, {inf['load_after']} after.",
         "",
         "| model | runtime | params | size (MB) | ex/s (b32) | vs teacher | ex/s (b1) | vs teacher | "
         "p50 ms (b1) | acc. retained |",
@@ -696,7 +703,15 @@ def render(report: dict[str, Any]) -> str:
     if report.get("pareto_png"):
         lines += ["", f"Pareto plot: `{Path(report['pareto_png']).name}`."]
     if report.get("training"):
-        lines += ["", "| training cost | ratio | medians |", "| --- | ---: | --- |"]
+        lines += [
+            "",
+            f"Training cost at seq {setup['train_seq']}, batch {setup['batch']}: {setup['steps']} timed "
+            f"steps per model and repetition, {setup['train_reps']} interleaved repetitions, medians, "
+            f"{setup['threads']} thread(s), {setup.get('clock', 'wall clock')}.",
+            "",
+            "| training cost | ratio | medians |",
+            "| --- | ---: | --- |",
+        ]
         for entry in report["training"].values():
             medians = ", ".join(
                 f"{k} {v['median_s'] * 1000:.1f} ms" for k, v in entry.items() if isinstance(v, dict)
@@ -740,6 +755,12 @@ def carried_training(out: Path) -> dict[str, Any] | None:
     return training or None
 
 
+def carried_report(out: Path) -> dict[str, Any] | None:
+    """The previous ``speed.json`` in ``out`` (``--no-inference`` keeps its inference table)."""
+    path = out / "speed.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def carried_meta_agreement(out: Path) -> dict[str, Any] | None:
     """The meta-weight agreement of the previous ``speed.json`` in ``out`` (``--no-training``)."""
     path = out / "speed.json"
@@ -767,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the training-cost ratios (the previous speed.json's are kept, marked as carried over)",
     )
     parser.add_argument(
+        "--no-inference",
+        action="store_true",
+        help="skip the inference table (the previous speed.json's is kept, marked as carried over)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="threads of every runtime (torch's default)"
     )
     parser.add_argument(
@@ -778,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.no_inference and args.no_training:
+        parser.error("--no-inference and --no-training together measure nothing")
     if args.cpu_time and args.threads != 1:
         parser.error("--cpu-time needs --threads 1 (each runtime then computes in the calling thread)")
     args.clock = time.thread_time if args.cpu_time else time.perf_counter
@@ -795,7 +823,6 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        inference_dm = make_datamodule(args, workdir)
         start = time.perf_counter()
         setup = {
             "tiny": args.tiny,
@@ -811,10 +838,16 @@ def main(argv: list[str] | None = None) -> int:
             "clock": "thread CPU time" if args.cpu_time else "wall clock",
             "load_before": load_average(),
         }
-        report: dict[str, Any] = {
-            "setup": setup,
-            "inference": inference_benchmark(args, workdir, inference_dm),
-        }
+        previous = carried_report(out) if args.no_inference else None
+        if previous is not None and previous.get("inference"):
+            inference = previous["inference"]
+            setup["inference_carried_over_from"] = previous.get("versions", {}).get("git_commit", "earlier")
+            setup["inference_setup"] = previous.get("inference_setup") or previous["setup"]
+        elif args.no_inference:
+            raise SystemExit(f"--no-inference: no previous {out / 'speed.json'} with an inference table")
+        else:
+            inference = inference_benchmark(args, workdir, make_datamodule(args, workdir))
+        report: dict[str, Any] = {"setup": setup, "inference": inference}
         setup["load_after"] = load_average()
         print(json.dumps(report["inference"], indent=1), flush=True)
         report["accuracy"] = {

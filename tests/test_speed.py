@@ -69,3 +69,9 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     markdown = (tmp_path / "speed.md").read_text()
     assert "| meta weights | step ratio | r (g) | r (w) |" in markdown
     assert markdown.startswith("# ") and "| pqrnn | onnx_int8 |" in markdown
+    # --no-inference keeps that inference table (and says so) and measures the training sections again
+    run_python("benchmarks/speed.py", "--tiny", "--quick", "--no-inference", "--out", tmp_path, timeout=600)
+    again = json.loads((tmp_path / "speed.json").read_text())
+    assert again["inference"] == report["inference"]
+    assert again["training"]["meta_weighting"] != report["training"]["meta_weighting"]  # a new measurement
+    assert "carried over: measured at" in (tmp_path / "speed.md").read_text()
