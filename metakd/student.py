@@ -32,9 +32,9 @@ from metakd.distill.base import (
     Stage,
     StageSchedule,
     StepContext,
-    build_distiller,
     build_term_modules,
     check_needs,
+    distiller_from_arguments,
     select_stages,
     stage_loss,
     teacher_request,
@@ -44,13 +44,17 @@ from metakd.errors import StudentConfigError, TeacherCheckpointError
 from metakd.students.base import (
     StudentOutput,
     checkpoint_payload,
-    spec_needs_teacher,
     student_from_arguments,
 )
 from metakd.students.hf import HFStudent, build_student_model  # noqa: F401  (historical import path)
-from metakd.teachers import FrozenTeacher, load_teacher, recompute_transferability  # noqa: F401
+from metakd.teachers import (  # noqa: F401  (historical import paths)
+    FrozenTeacher,
+    load_teacher,
+    recompute_transferability,
+    teacher_for_student,
+)
 from metakd.utils import adamw_param_groups
-from metakd.validation import check_student_options
+from metakd.validation import check_student_options, data_names
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,6 @@ __all__ = ["CHECKPOINT_KEY", "Student", "StudentConfigError", "TeacherCheckpoint
 CacheMode = Literal["none", "logits", "all"]
 CHECKPOINT_KEY = "metakd_student"
 """Key of the student's export metadata in its Lightning checkpoint (architecture, labels, tokenizer)."""
-
-# Student arguments a method may not take. A value other than "unset" (None, or the default these had
-# before the method registry, which older checkpoints' hyperparameters carry) is the user's, and a
-# method that takes no such argument refuses it instead of ignoring it.
-_UNSET = {"stage": None, "matches": None, "temperature": 1.0, "t2_scaling": False, "hard_label_weight": 0.0,
-          "instance_weighting": None, "use_transferable": None}  # fmt: skip
 
 
 class Student(pl.LightningModule):
@@ -142,17 +140,9 @@ class Student(pl.LightningModule):
         check_student_options(**{name: value for name, value in numbers.items() if value is not None})
         if matches is not None:  # plain dicts in the checkpoint (loadable with weights_only=True)
             self.hparams["matches"] = [asdict(coerce_match(m)) for m in matches]
-        self.label_names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
-        self.domain_names = list(domain_names) if domain_names else [f"domain{i}" for i in range(num_domains)]
-        if len(self.label_names) != num_labels or len(self.domain_names) != num_domains:
-            raise StudentConfigError(
-                f"num_labels={num_labels} / num_domains={num_domains} disagree with label_names="
-                f"{self.label_names} / domain_names={self.domain_names}"
-            )
-        if target_domain is not None and target_domain not in self.domain_names:
-            raise StudentConfigError(
-                f"target_domain {target_domain!r} is not a domain of the data; known: {self.domain_names}"
-            )
+        self.label_names, self.domain_names = data_names(
+            num_labels, num_domains, label_names, domain_names, target_domain
+        )
 
         # The method and the stages that run (from the arguments, not self.hparams: inside LightningCLI
         # save_hyperparameters records the config's values, which may omit defaults).
@@ -169,34 +159,15 @@ class Student(pl.LightningModule):
             "intermediate_lr": intermediate_lr,
             "prediction_lr": prediction_lr,
         }
-        strict = tuple(k for k, unset in _UNSET.items() if arguments[k] is not None and arguments[k] != unset)
-        self.distiller = build_distiller(distillation, arguments, distillation_options, strict=strict)
+        self.distiller = distiller_from_arguments(distillation, arguments, distillation_options)
         self.stages = select_stages(distillation, self.distiller.stages(), stage)
         self.schedule = StageSchedule(self.stages)
         self.reads_teacher = any(stage.teacher_needs() for stage in self.stages)
-        if self.reads_teacher and teacher_ckpt is None:
-            raise StudentConfigError(
-                f"distillation={distillation!r} needs model.teacher_ckpt (a MetaTeacher checkpoint or an HF "
-                "classifier); only distillation='none' trains without a teacher"
-            )
-        # An architecture built around its teacher (StudentModel.needs_teacher) needs one even when no
-        # loss term reads it.
-        architecture_needs_teacher = spec_needs_teacher(student_model)
-        if architecture_needs_teacher and teacher_ckpt is None:
-            raise StudentConfigError(
-                f"the student architecture {student_model['class_path']!r} (model.student_model) is built "
-                "around its teacher: set model.teacher_ckpt (a MetaTeacher checkpoint or an HF classifier)"
-            )
-        needs_teacher = self.reads_teacher or architecture_needs_teacher
-        if not needs_teacher and teacher_ckpt is not None:
-            log.info("distillation=%r: the teacher %s is not used", distillation, teacher_ckpt)
-
         # The teacher (loaded before the student is built: both draw from the global RNG, in this order).
-        self.teacher_source = None
-        if needs_teacher:
-            self.teacher_source = FrozenTeacher(
-                teacher_ckpt, self.label_names, self.domain_names, target_domain, teacher_domain
-            )
+        self.teacher_source = teacher_for_student(
+            teacher_ckpt, distillation, self.reads_teacher, student_model, self.label_names,
+            self.domain_names, target_domain, teacher_domain,
+        )  # fmt: skip
         self.tokenizer_name = tokenizer_name or (self.teacher_source and self.teacher_source.tokenizer_name)
         self.tokenizer_name = self.tokenizer_name or student_backbone
         if self.teacher_source is not None:
@@ -289,19 +260,9 @@ class Student(pl.LightningModule):
             self.teacher_source.prefill_logits(datamodule.train_eval_dataloader(), self.device)
 
     def _train_parts(self, stage: Stage) -> None:
-        """Freeze the student's parameters outside the stage's ``trains`` parts (every one the architecture
-        left trainable trains in a stage without ``trains``). The optimiser holds them all from the
-        start; a frozen parameter gets no gradient, and AdamW skips it (no step, no weight decay)."""
-        if all(s.trains is None for s in self.stages):
-            return
-        allowed: set[int] | None = None
-        if stage.trains is not None:
-            parts = self.model.parts()
-            allowed = {id(p) for part in stage.trains for m in parts[part] for p in m.parameters()}
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_(
-                name in self._trainable and (allowed is None or id(parameter) in allowed)
-            )
+        """Only the stage's ``trains`` parts train (all that the architecture left trainable without)."""
+        if any(s.trains is not None for s in self.stages):
+            self.model.train_parts(stage.trains, self._trainable)
 
     def on_train_epoch_end(self) -> None:
         if self.teacher_source is not None and self.global_rank == 0:

@@ -409,6 +409,39 @@ class FrozenTeacher:
         return by_source_example(scores[: datamodule.num_pooled_train], datamodule)
 
 
+def teacher_for_student(
+    teacher_ckpt: str | None,
+    distillation: str,
+    reads_teacher: bool,
+    student_model: dict[str, Any] | None,
+    label_names: list[str],
+    domain_names: list[str],
+    target_domain: str | None,
+    teacher_domain: str | None,
+) -> FrozenTeacher | None:
+    """The teacher a Student loads: when a stage's loss reads it (``reads_teacher``) or the architecture
+    is built around it (``StudentModel.needs_teacher``); None otherwise. A missing ``teacher_ckpt`` is
+    refused, naming what needs it."""
+    from metakd.students.base import spec_needs_teacher  # students.base refers to this module
+
+    if reads_teacher and teacher_ckpt is None:
+        raise StudentConfigError(
+            f"distillation={distillation!r} needs model.teacher_ckpt (a MetaTeacher checkpoint or an HF "
+            "classifier); only distillation='none' trains without a teacher"
+        )
+    architecture_needs_teacher = spec_needs_teacher(student_model)
+    if architecture_needs_teacher and teacher_ckpt is None:
+        raise StudentConfigError(
+            f"the student architecture {student_model['class_path']!r} (model.student_model) is built "
+            "around its teacher: set model.teacher_ckpt (a MetaTeacher checkpoint or an HF classifier)"
+        )
+    if not (reads_teacher or architecture_needs_teacher):
+        if teacher_ckpt is not None:
+            log.info("distillation=%r: the teacher %s is not used", distillation, teacher_ckpt)
+        return None
+    return FrozenTeacher(teacher_ckpt, label_names, domain_names, target_domain, teacher_domain)
+
+
 def train_id_count(datamodule: Any) -> int | None:
     """How many ``example_ids`` the training split uses: ``num_train_ids`` (augmented examples
     included), else ``num_pooled_train`` (a datamodule without augmentation), else None."""

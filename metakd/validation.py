@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from metakd.errors import ConfigError
+from metakd.errors import ConfigError, StudentConfigError
 
 MODEL_KEY = "model.init_args"
 
@@ -110,3 +110,26 @@ def check_teacher_options(prefix: str = MODEL_KEY, **init_args: Any) -> None:
         check_positive(key("meta_inner_lr"), init_args["meta_inner_lr"])
     if "meta_every_n_steps" in init_args:
         check_int_at_least(key("meta_every_n_steps"), init_args["meta_every_n_steps"], 1)
+
+
+def data_names(
+    num_labels: int,
+    num_domains: int,
+    label_names: list[str] | None,
+    domain_names: list[str] | None,
+    target_domain: str | None,
+) -> tuple[list[str], list[str]]:
+    """The label and domain names a model was given (``"0"``.. / ``domain0``.. when None), checked
+    against their counts and the target domain."""
+    labels = list(label_names) if label_names else [str(i) for i in range(num_labels)]
+    domains = list(domain_names) if domain_names else [f"domain{i}" for i in range(num_domains)]
+    if len(labels) != num_labels or len(domains) != num_domains:
+        raise StudentConfigError(
+            f"num_labels={num_labels} / num_domains={num_domains} disagree with label_names={labels} / "
+            f"domain_names={domains}"
+        )
+    if target_domain is not None and target_domain not in domains:
+        raise StudentConfigError(
+            f"target_domain {target_domain!r} is not a domain of the data; known: {domains}"
+        )
+    return labels, domains

@@ -251,6 +251,28 @@ def build_distiller(
         raise StudentConfigError(f"cannot build the distillation method {name!r}: {err}") from err
 
 
+# Student arguments a method may not take. A value other than "unset" (None, or the default these had
+# before the method registry, which older checkpoints' hyperparameters carry) is the user's, and a
+# method that takes no such argument refuses it instead of ignoring it.
+STUDENT_ARGUMENTS_UNSET = {"stage": None, "matches": None, "temperature": 1.0, "t2_scaling": False,
+                           "hard_label_weight": 0.0, "instance_weighting": None,
+                           "use_transferable": None}  # fmt: skip
+
+
+def distiller_from_arguments(
+    name: str, arguments: Mapping[str, Any], options: Mapping[str, Any] | None
+) -> Distiller:
+    """The method ``name`` built from the Student's ``arguments`` (those of its constructor arguments,
+    see :func:`build_distiller`) and ``distillation_options``; a Student argument the method does not
+    take is refused when it is set (:data:`STUDENT_ARGUMENTS_UNSET`)."""
+    strict = tuple(
+        key
+        for key, unset in STUDENT_ARGUMENTS_UNSET.items()
+        if arguments.get(key) is not None and arguments[key] != unset
+    )
+    return build_distiller(name, arguments, options, strict=strict)
+
+
 def check_needs(
     distiller: Distiller, stages: list[Stage], student: StudentModel, teacher: FrozenTeacher | None
 ) -> None:

@@ -131,6 +131,17 @@ class StudentModel(nn.Module):
         stage. Default: none."""
         return {}
 
+    def train_parts(self, parts: tuple[str, ...] | None, trainable: set[str]) -> None:
+        """Freeze every parameter outside ``parts`` (names of :meth:`parts`; None: all of them) and
+        outside ``trainable`` (the names the architecture left trainable when it was built). The
+        optimiser holds them all; a frozen parameter gets no gradient, and AdamW skips it."""
+        allowed: set[int] | None = None
+        if parts is not None:
+            groups = self.parts()
+            allowed = {id(p) for part in parts for module in groups[part] for p in module.parameters()}
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name in trainable and (allowed is None or id(parameter) in allowed))
+
     def predict_logits(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:
