@@ -16,7 +16,8 @@ test: setup
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-# main job: quick Amazon pipeline, meta-teacher -> one Meta-KD student per domain -> per-domain report
+# main job: Amazon pipeline, meta-teacher trained until its dev accuracy stops improving -> per domain a Meta-KD
+# student beside a no-KD student of the same size -> per-domain report (runs/main_job/main_job.md)
 run: setup
 	$(OFFLINE) $(PY) -m metakd pipeline --config configs/amazon/main_job.yaml
 

@@ -21,9 +21,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
 
 from metakd.backbones import DEFAULT_BACKBONE
 from metakd.checkpointing import load_student_weights
@@ -41,6 +39,7 @@ from metakd.distill.base import (
 )
 from metakd.distill.layer_maps import LayerMatch, coerce_match
 from metakd.errors import StudentConfigError, TeacherCheckpointError
+from metakd.evaluation import TargetDomainEvaluation
 from metakd.students.base import (
     StudentOutput,
     checkpoint_payload,
@@ -65,7 +64,7 @@ CHECKPOINT_KEY = "metakd_student"
 """Key of the student's export metadata in its Lightning checkpoint (architecture, labels, tokenizer)."""
 
 
-class Student(pl.LightningModule):
+class Student(TargetDomainEvaluation, pl.LightningModule):
     """A student distilled per target domain (Meta-KD and its baselines; any registered method).
 
     Args:
@@ -189,9 +188,7 @@ class Student(pl.LightningModule):
 
         domain_map = self.teacher_source.domain_map if self.teacher_source is not None else None
         self.teacher_domain_map = domain_map if domain_map is not None else torch.full((num_domains,), -1)
-        self.target_index = None if target_domain is None else self.domain_names.index(target_domain)
-        self.val_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
+        self.init_evaluation(num_labels, target_domain, self.domain_names)
         if init_from is not None:
             load_student_weights(self, init_from)
         # What the architecture left trainable: the parameters a stage with `trains` may unfreeze.
@@ -300,31 +297,6 @@ class Student(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def _evaluate(
-        self, batch: dict[str, Tensor], metric: MulticlassAccuracy, prefix: str
-    ) -> dict[str, Tensor] | None:
-        rows = torch.ones_like(batch["labels"], dtype=torch.bool)
-        if self.target_index is not None:
-            rows = batch["domain_ids"] == self.target_index
-        if not bool(rows.any()):
-            return None
-        logits = self.model.predict_logits(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-        )
-        logits, labels = logits[rows], batch["labels"][rows]
-        metric.update(logits, labels)
-        self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), labels), batch_size=int(rows.sum()),
-                 sync_dist=True)  # fmt: skip
-        return {"example_ids": batch["example_ids"][rows], "domain_ids": batch["domain_ids"][rows],
-                "labels": labels, "logits": logits.detach()}  # fmt: skip
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_acc, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
-        """Returns the evaluated rows' ``example_ids``, ``domain_ids``, ``labels`` and ``logits``."""
-        return self._evaluate(batch, self.test_acc, "test")
-
     def on_validation_epoch_end(self) -> None:
         accuracy = self._compute(self.val_acc, "dev")
         if not self.current_stage().selects_model and not self.trainer.sanity_checking:
@@ -333,32 +305,6 @@ class Student(pl.LightningModule):
             return
         self.log("val/acc", accuracy, prog_bar=True)
         self._log_target_domain_metric("val", accuracy)
-
-    def on_test_epoch_end(self) -> None:
-        accuracy = self._compute(self.test_acc, "test")
-        self.log("test/acc", accuracy)
-        self._log_target_domain_metric("test", accuracy)
-
-    def _log_target_domain_metric(self, split: str, accuracy: Tensor) -> None:
-        # The teacher's per-domain name (`<split>/acc_<domain>`) for the one domain a student serves.
-        if self.hparams.target_domain is not None:
-            self.log(f"{split}/acc_{self.hparams.target_domain}", accuracy)
-
-    def _compute(self, metric: MulticlassAccuracy, split: str) -> Tensor:
-        if not metric.update_called:
-            raise StudentConfigError(
-                f"the {split} set has no example of the target domain {self.hparams.target_domain!r}"
-            )
-        value = metric.compute()
-        metric.reset()
-        return value
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Class probabilities (B, C)."""
-        logits = self.model.predict_logits(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-        )
-        return torch.softmax(logits.float(), dim=-1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `python -m metakd export` needs, without re-instantiating the Student (or its teacher).

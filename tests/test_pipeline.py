@@ -181,8 +181,28 @@ def test_variants_are_rows_of_a_method_with_their_own_teacher_overrides_and_labe
             pipeline.check_choices("bench.yaml", config)
 
 
-def test_main_job_config_is_the_meta_kd_slice_of_the_pipeline() -> None:
+DOMAINS4 = ("books", "dvd", "electronics", "kitchen")
+
+
+def test_main_job_is_meta_kd_beside_no_kd_from_an_early_stopped_teacher() -> None:
+    """`make run`: the built-in budget on Amazon; a teacher that stops early, then per domain Meta-KD
+    and a no-KD student of the same size and prediction epochs (budget A)."""
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job.yaml")
+    assert config["methods"] == ["none", "meta"] and config["budgets"] == ["A"] and config["seeds"] == [1]
+    teacher = config["teacher"]["trainer"]
+    assert teacher["max_steps"] == 300 and teacher["callbacks"][0]["init_args"]["monitor"] == "val/acc"
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    domains = ("books", "dvd", "electronics", "kitchen")
+    assert set(cells) == {"teacher/meta"} | {
+        f"student/{m}/{d}" for m in ("none", "meta_budgetA") for d in domains
+    }
+    student = pipeline.cell_config(config, 1, cells["student/meta_budgetA/books"])
+    plain = pipeline.cell_config(config, 1, cells["student/none/books"])
+    assert student["trainer"]["max_epochs"] == plain["trainer"]["max_epochs"] + 1  # the intermediate epoch
+
+
+def test_main_job_40steps_config_is_the_meta_kd_slice_of_the_pipeline() -> None:
+    config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job_40steps.yaml")
     assert config["in_process"] and config["methods"] == ["meta"] and config["name"] == "amazon_main"
     assert config["domains"] == ["books", "dvd", "electronics", "kitchen"]
     names = [cell.name for cell in pipeline.plan_cells(config)]
