@@ -658,7 +658,7 @@ def render(report: dict[str, Any]) -> str:
     inf = setup.get("inference_setup", setup)  # --no-inference: the setup of the carried-over table
     carried = (
         f" (carried over: measured at {setup['inference_carried_over_from']}; the training sections below "
-        f"are from this run, load average {setup['load_before']} before, {setup['load_after']} after)"
+        f"are from this run, started at a load average of {setup['load_before']})"
         if "inference_carried_over_from" in setup
         else ""
     )
