@@ -158,9 +158,10 @@ def encoder_layers(encoder: nn.Module) -> tuple[str, int]:
     for name, module in encoder.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return name, count
-    raise ValueError(
-        f"meta_params 'last_k' needs the encoder's layer stack (a ModuleList of config.num_hidden_layers="
-        f"{count} layers); {type(encoder).__name__} has none. Use meta_params 'all' or 'head'."
+    raise ConfigError(
+        "model.init_args.meta_params 'last_k' needs the encoder's layer stack (a ModuleList of "
+        f"config.num_hidden_layers={count} layers); {type(encoder).__name__} has none. Use meta_params "
+        "'all' or 'head'."
     )
 
 
