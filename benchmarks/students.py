@@ -86,7 +86,7 @@ def measure(models: dict[str, Any], batches: dict[str, dict], repeats: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metakd import pipeline
+    from metakd import cellstore, pipeline
     from metakd.search.adabert import describe
     from metakd.utils import import_object
 
@@ -144,11 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 entry["attacked_examples"] = report["examples"]
             if row == "adabert":
-                architecture = json.loads(
-                    Path(
-                        result["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
-                    ).read_text()
-                )
+                stored = result["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
+                path = Path(cellstore.fill_store(stored, pipeline.store_dir(config)))
+                architecture = json.loads(path.read_text(encoding="utf-8"))
                 entry["architecture"] = describe(architecture)
                 entry["flops_per_token"] = architecture["cost"]["flops_per_token"]
                 entry["cell_json"] = {"num_cells": architecture["num_cells"], "cell": architecture["cell"]}

@@ -20,6 +20,7 @@ from helpers import (
     train_tiny_teacher,
 )
 
+from metakd import cellstore
 from metakd.errors import StudentConfigError
 from metakd.search.adabert import (
     SuperNet,
@@ -362,7 +363,8 @@ def test_pipeline_searches_per_domain_and_reports_robustness(
     )
     searched = tmp_path / "runs" / "tiny_quick" / "1" / "search" / "ada" / "books" / "architecture.json"
     arch_path = cell["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
-    assert arch_path == str(searched)
+    assert arch_path.startswith("@store/")  # the result file names no machine path
+    assert Path(cellstore.fill_store(arch_path, tmp_path / "store")) == searched.resolve()
     assert set(summary["search"]) == {"1/search/ada/books", "1/search/ada/dvd"}
     for row in ("teacher_mixed", "student_vanilla", "student_ada"):
         for domain in ("books", "dvd"):
@@ -426,6 +428,6 @@ def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.Ca
             cli_main(["fit", "--config", str(path), "--print_config"])
         assert exit_.value.code in (0, None)
         printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-        assert printed["student_model"]["init_args"]["architecture"].endswith(
-            "search/adabert/dvd/architecture.json"
+        assert printed["student_model"]["init_args"]["architecture"] == str(
+            pipeline.store_path(config, 42, "search/adabert/dvd") / "architecture.json"
         )

@@ -388,5 +388,5 @@ def test_the_tiny_students_pipeline_config_plans_rows_with_a_fixed_teacher() -> 
     (teacher, student, *_) = pipeline.plan_cells(config)
     assert teacher.name == "teacher/meta" and student.needs == ["teacher/meta"]
     options = pipeline.cell_config(config, 1, student)["model"]["init_args"]
-    assert options["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert options["teacher_ckpt"] == str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
     assert options["distillation_options"] == {"prediction_weighting": True}
