@@ -248,7 +248,7 @@ def test_ray_cells_stop_and_ray_shuts_down(tmp_path):
 
 
 # --------------------------------------------------------------------------------- the parts, in-process
-def test_lightning_tears_down_and_re_raises_the_stop(tmp_path):
+def test_lightning_tears_down_and_re_raises_the_stop(tmp_path, capfd):
     """A stop inside `trainer.fit` passes Lightning's KeyboardInterrupt branch (which would sys.exit(1) and
     leave SIGINT ignored) and every `except Exception`; the boundary prints one line and returns 130."""
     from helpers import ToyMultiDomainDataModule, tiny_teacher
@@ -275,7 +275,12 @@ def test_lightning_tears_down_and_re_raises_the_stop(tmp_path):
             raise
         return 0
 
+    capfd.readouterr()
     assert run_stoppable(command) == 130
+    assert capfd.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted by SIGINT (Ctrl-C): fit stopped in epoch 0 at step 3, no checkpoint saved yet; "
+        "run the same command again (it starts over)"
+    )
     assert trainer.global_step == 3 and trainer.state.status == "interrupted"
     assert seen == [interrupt._handle]  # not caught as an Exception; SIGINT not left ignored
 
