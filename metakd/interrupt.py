@@ -112,11 +112,6 @@ class _State:
 _state = _State()
 
 
-def received() -> int | None:
-    """The stop signal this command received (or a child reported), else None."""
-    return _state.received
-
-
 def _handle(signum: int, frame: Any) -> None:
     now = time.monotonic()
     if _state.received is None:
@@ -162,7 +157,7 @@ def note(signum: int) -> Interrupted:
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` inside the block (main thread only; nested blocks
-    keep the outer handlers). The previous handlers are restored at the end."""
+    keep the outer handlers). The previous handlers are restored at the end, unless a stop came."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -311,7 +306,6 @@ __all__ = [
     "interrupted_exit",
     "kill_children",
     "note",
-    "received",
     "reinstall",
     "run_child",
     "run_stoppable",
