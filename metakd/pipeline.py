@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ import yaml
 
 from metakd import cellstore
 from metakd.errors import MetakdError, main_with_boundary
+from metakd.interrupt import Interrupted, interrupted_exit, note, run_child
 from metakd.stats import mean_std
 from metakd.utils import write_json
 
@@ -870,25 +872,32 @@ def _output_to(log_path: Path) -> Iterator[Any]:
 
 def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float | None) -> int:
     """``python -m metakd <args>`` in a subprocess, or in this process (no interpreter start-up and
-    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way."""
+    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way.
+
+    A stop (SIGINT/SIGTERM: :mod:`metakd.interrupt`) raises :class:`Interrupted`: in this process it stops
+    the run in flight; a subprocess gets the signal forwarded, and its exit 130/143 raises it too."""
     if in_process:
         from metakd.cli import main as cli_main
 
         with _output_to(log_path):
             try:
-                return int(cli_main(args) or 0)
+                code = int(cli_main(args) or 0)
             except SystemExit as exit_:
-                return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+                code = int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
             except Exception:  # noqa: BLE001 - a failed cell must not stop the pipeline
                 traceback.print_exc()
                 return 1
+        signum = interrupted_exit(code)
+        if signum is not None:  # (only without an outer stop handler: otherwise Interrupted propagates)
+            raise note(signum)
+        return code
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "disabled")
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            process = subprocess.run(
+            return run_child(
                 [sys.executable, "-m", "metakd", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -898,7 +907,6 @@ def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float |
         except subprocess.TimeoutExpired:
             log.write(f"\n[pipeline] timed out after {timeout} s\n")
             return 124
-    return process.returncode
 
 
 def run_cell(
@@ -1097,6 +1105,7 @@ class Progress:
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
         self.durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
         self.finished: set[tuple[int, str]] = set()
+        self.interrupted: list[tuple[int, Cell]] = []
         self.started = time.monotonic()
         self.width = len(str(len(jobs)))
 
@@ -1112,7 +1121,10 @@ class Progress:
             )
 
     def report(self, seed: int, cell: Cell, status: str, seconds: float, message: str) -> None:
-        self.counts[status] += 1
+        if status == "interrupted":
+            self.interrupted.append((seed, cell))
+            message = message or resume_note(self.config, seed, cell)
+        self.counts[status] = self.counts.get(status, 0) + 1
         if status == "done":
             self.durations[cell.kind].append(seconds)
         self.finished.add((seed, cell.name))
@@ -1130,6 +1142,37 @@ class Progress:
         if message:
             line += f" | {message}"
         print(line, file=self.stream, flush=True)
+
+    def stopped(self, stop: Interrupted) -> Interrupted:
+        """``stop`` with what finished and what was interrupted (its :attr:`Interrupted.detail`)."""
+        finished = {k: v for k, v in self.counts.items() if v and k != "interrupted"}
+        parts = [
+            f"{len(self.finished) - len(self.interrupted)} of {len(self.jobs)} cells finished"
+            + (" (" + ", ".join(f"{k} {v}" for k, v in finished.items()) + ")" if finished else "")
+        ]
+        parts += [
+            f"seed {seed} {cell.name} interrupted ({resume_note(self.config, seed, cell)})"
+            for seed, cell in self.interrupted
+        ]
+        parts.append(f"{len(self.jobs) - len(self.finished)} not started")
+        stop.detail = ", ".join(parts)
+        return stop
+
+
+def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
+    """What the next call does with an interrupted cell: resume its fit from ``last.ckpt``, run only its
+    test, or start it over."""
+    directory = cell_dir(config, seed, cell.name)
+    if (directory / RESULT_FILE).is_file():
+        return "it had finished: the next call reuses it"
+    if cell.kind == "search":
+        return "a search keeps no checkpoint: it starts over"
+    if (directory / "fit.done").is_file():
+        return "its fit is done: the next call runs its test"
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"the next call resumes it from {last}"
+    return "no checkpoint yet: the next call starts it over"
 
 
 def run_all(
@@ -1152,19 +1195,33 @@ def run_all(
     if workers > 1 or ray_address:
         from metakd.ray_dispatch import run_on_ray
 
-        run_on_ray(
-            config,
-            jobs,
-            progress.report,
-            in_process=in_process,
-            workers=workers if workers > 1 or not ray_address else None,
-            address=ray_address,
-        )
+        try:
+            run_on_ray(
+                config,
+                jobs,
+                progress.report,
+                in_process=in_process,
+                workers=workers if workers > 1 or not ray_address else None,
+                address=ray_address,
+            )
+        except Interrupted as stop:  # run_on_ray reported the cells it stopped
+            progress.stopped(stop)
+            raise
         return progress.counts
-    for seed, cell in jobs:
-        progress.running(seed, cell)
-        status, seconds, message = run_cell_and_attack(config, seed, cell, in_process=in_process)
-        progress.report(seed, cell, status, seconds, message)
+    in_flight: tuple[int, Cell, float] | None = None
+    try:
+        for seed, cell in jobs:
+            progress.running(seed, cell)
+            in_flight = (seed, cell, time.monotonic())
+            status, seconds, message = run_cell_and_attack(config, seed, cell, in_process=in_process)
+            in_flight = None
+            progress.report(seed, cell, status, seconds, message)
+    except Interrupted as stop:  # the cell in flight keeps its checkpoints; no other cell starts
+        if in_flight is not None:
+            seed, cell, start = in_flight
+            progress.report(seed, cell, "interrupted", time.monotonic() - start, "")
+        progress.stopped(stop)
+        raise
     return progress.counts
 
 
@@ -1870,14 +1927,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
         print(f"budget: {budget_line(config)}", flush=True)
-        counts = run_all(
-            config,
-            in_process=bool(config["in_process"]),
-            workers=workers,
-            ray_address=config.get("ray_address"),
-            kinds=args.kinds,
-            patterns=args.cells,
-        )
+        try:
+            counts = run_all(
+                config,
+                in_process=bool(config["in_process"]),
+                workers=workers,
+                ray_address=config.get("ray_address"),
+                kinds=args.kinds,
+                patterns=args.cells,
+            )
+        except Interrupted as stop:  # no report: the next call finishes the run and writes it
+            words = ["pipeline", *(sys.argv[1:] if argv is None else argv)]
+            stop.resume = f"to resume, run the same command: python -m metakd {shlex.join(words)}"
+            raise
         print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     json_path, md_path = write_results(config)
     report = md_path.read_text(encoding="utf-8")

@@ -44,14 +44,25 @@ def build_parser() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metakd.interrupt import Interrupted
     from metakd.search.adabert import describe, run_search
 
     parser = build_parser()
     config = parser.parse_args(argv)
     objects = parser.instantiate_classes(config)
-    architecture = run_search(
-        objects.search, objects.data, config.teacher_ckpt, config.out, config.seed, rosearch=objects.rosearch
-    )
+    try:
+        architecture = run_search(
+            objects.search,
+            objects.data,
+            config.teacher_ckpt,
+            config.out,
+            config.seed,
+            rosearch=objects.rosearch,
+        )
+    except Interrupted as stop:  # (SIGINT/SIGTERM: metakd.interrupt)
+        stop.detail = "the search stopped; it keeps no checkpoint"
+        stop.resume = "run the same command again (it starts over)"
+        raise
     print(f"{objects.data.target_domain}: {describe(architecture)}")
     print(
         f"parameters {architecture['cost']['parameters']:,}, "
