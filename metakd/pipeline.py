@@ -1162,7 +1162,7 @@ class Progress:
 def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
     """What the next call does with an interrupted cell: resume its fit from ``last.ckpt``, run only its
     test, or start it over."""
-    directory = cell_dir(config, seed, cell.name)
+    directory = store_path(config, seed, cell)
     if (directory / RESULT_FILE).is_file():
         return "it had finished: the next call reuses it"
     if cell.kind == "search":

@@ -58,7 +58,9 @@ def interrupt_config(directory: Path, *callbacks: dict) -> Path:
 
 
 def cell(directory: Path, name: str) -> Path:
-    return directory / "runs" / "tiny_quick" / "1" / name
+    """The cell's folder in the store, once the pipeline linked its view to it."""
+    path = directory / "runs" / "tiny_quick" / "1" / name
+    return path.resolve() if path.is_symlink() else path
 
 
 def start_pipeline(config: Path, *extra: str) -> subprocess.Popen:
