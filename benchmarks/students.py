@@ -87,7 +87,7 @@ def measure(models: dict[str, Any], batches: dict[str, dict], repeats: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     from metakd import pipeline
-    from metakd.search.adabert import describe
+    from metakd.search.derive import describe
     from metakd.utils import import_object
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1246,7 +1246,7 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
-        from metakd.search.adabert import describe
+        from metakd.search.derive import describe
 
         out["search"] = {
             key: {"domain": r["info"]["domain"], "row": r["info"]["row"],

@@ -21,14 +21,9 @@ from helpers import (
 )
 
 from metakd.errors import StudentConfigError
-from metakd.search.adabert import (
-    SuperNet,
-    derive,
-    expected_cost,
-    gumbel_softmax,
-    sample_gumbel,
-    temperature_at,
-)
+from metakd.search.derive import derive
+from metakd.search.relaxation import gumbel_softmax, sample_gumbel, temperature_at
+from metakd.search.supernet import SuperNet, expected_cost
 from metakd.students.adabert import (
     AdaBERTStudent,
     architecture_cost,
@@ -131,7 +126,7 @@ def test_derive_keeps_the_strongest_non_zero_operations() -> None:
 
 
 def test_a_hard_sample_runs_only_the_sampled_operation() -> None:
-    from metakd.search.adabert import MixedEdge
+    from metakd.search.supernet import MixedEdge
 
     edge = MixedEdge(["conv3", "maxpool3", "identity"], 4)
     x, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.long)

@@ -44,7 +44,8 @@ def build_parser() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metakd.search.adabert import describe, run_search
+    from metakd.search.derive import describe
+    from metakd.search.run import run_search
 
     parser = build_parser()
     config = parser.parse_args(argv)

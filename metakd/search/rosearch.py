@@ -102,9 +102,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Train a candidate for ``candidate_steps`` (KD on the weight split) and measure it on the
     architecture split: clean accuracy, accuracy under attack, cost ratio, fitness."""
+    from metakd.distill.losses import soft_cross_entropy
+    from metakd.inference import TextPredictor
     from metakd.robustness.attack import AttackBudget, attack_dataset
-    from metakd.robustness.command import TextClassifier, make_source
-    from metakd.search.adabert import soft_cross_entropy
+    from metakd.robustness.synonyms import make_source
     from metakd.students.adabert import AdaBERTStudent, architecture_cost
 
     torch.manual_seed(seed)
@@ -124,9 +125,8 @@ def evaluate(
     for _ in range(ro.candidate_steps):
         batch, rows = next(batches)
         logits = model(batch["input_ids"], batch["attention_mask"]).logits
-        loss = (1 - settings.gamma) * F.cross_entropy(
-            logits, batch["labels"]
-        ) + settings.gamma * soft_cross_entropy(logits, data.teacher_logits[rows], settings.temperature)
+        kd = soft_cross_entropy(logits, data.teacher_logits[rows], settings.temperature).mean()
+        loss = (1 - settings.gamma) * F.cross_entropy(logits, batch["labels"]) + settings.gamma * kd
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -141,7 +141,7 @@ def evaluate(
         else None
     )
     labels = [records[e]["label"] for e in example_ids]
-    classify = TextClassifier(
+    classify = TextPredictor(
         lambda b: model(b["input_ids"], b["attention_mask"]).logits, tokenizer, datamodule.max_length
     )
     with torch.no_grad():
