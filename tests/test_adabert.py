@@ -289,6 +289,13 @@ def test_tiny_search_from_the_cli_then_retrain_with_kd(tmp_path: Path) -> None:
     assert len(report["edges"]) == 5 and math.isclose(
         sum(report["edges"][0]["probabilities"].values()), 1, abs_tol=1e-3
     )
+    # the entropy of the operation distribution over the recorded steps, at most log |O| (uniform)
+    entropy = report["entropy"]["op"]
+    assert entropy["max"] == pytest.approx(math.log(len(OPERATIONS)))
+    assert len(entropy["values"]) == len(report["history"]) and entropy["steps"][-1] == 4
+    assert all(0 < value <= entropy["max"] + 1e-9 for value in [entropy["initial"], *entropy["values"]])
+    assert architecture["derived_from"]["op_entropy"]["final"] == pytest.approx(entropy["final"], abs=1e-4)
+    assert report["rosearch"]["trained"] == len(report["rosearch"]["candidates"])
 
     # retrain the derived architecture from scratch with KD: the ordinary Student, `vanilla`
     derived = tmp_path / "search" / "architecture.json"

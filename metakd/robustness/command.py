@@ -11,7 +11,10 @@ The examples come from the ``data:`` section of a LightningCLI config (e.g. a pi
 ``target_domain``, else every domain), of which ``--max-examples`` are drawn with ``--seed``. The model
 sees them tokenised like the data (the data's tokenizer and ``max_length``). The JSON written to
 ``--out`` has the clean accuracy, the accuracy under attack, the attack success rate, the budget, the
-substitution source and every example's perturbation.
+substitution source, the constraints and every example's perturbation. A substitute keeps the word's
+part of speech (``--pos-check off`` to drop it) and a word-vector similarity of at least
+``--min-word-similarity`` (``none`` to drop it); ``--max-fraction`` and ``--max-substitutions`` cap the
+changed words.
 """
 
 from __future__ import annotations
@@ -20,8 +23,26 @@ import argparse
 import sys
 
 from metakd.robustness.attack import AttackBudget
+from metakd.robustness.constraints import DEFAULT_MIN_WORD_SIMILARITY
 from metakd.robustness.run import run_robustness
 from metakd.utils import write_json
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "yes", "1"):
+        return True
+    if value.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+
+
+def _threshold(value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="wordnet", choices=["wordnet", "embedding"])
     parser.add_argument("--wordnet-dir", default="/usr/share/wordnet")
     parser.add_argument("--min-similarity", type=float, default=0.5, help="embedding source: cosine needed")
+    parser.add_argument(
+        "--pos-check", type=_on_off, default=True, help="a substitute keeps the word's part of speech (on)"
+    )
+    parser.add_argument(
+        "--min-word-similarity",
+        type=_threshold,
+        default=DEFAULT_MIN_WORD_SIMILARITY,
+        help=f"word-vector cosine a substitute needs ({DEFAULT_MIN_WORD_SIMILARITY}; 'none': no threshold)",
+    )
     parser.add_argument("--out", help="write the report JSON here")
     return parser
 
@@ -56,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         args.source,
         args.wordnet_dir,
         args.min_similarity,
+        pos_check=args.pos_check,
+        min_word_similarity=args.min_word_similarity,
     )
     if args.out:
         write_json(args.out, report)

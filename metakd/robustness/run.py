@@ -20,6 +20,7 @@ import torch
 from metakd.errors import MetakdError
 from metakd.inference import TextPredictor
 from metakd.robustness.attack import AttackBudget, attack_dataset
+from metakd.robustness.constraints import DEFAULT_MIN_WORD_SIMILARITY, make_constraints
 from metakd.robustness.synonyms import make_source
 
 
@@ -107,8 +108,12 @@ def run_robustness(
     wordnet_dir: str = "/usr/share/wordnet",
     min_similarity: float = 0.5,
     batch_size: int = 64,
+    pos_check: bool = True,
+    min_word_similarity: float | None = DEFAULT_MIN_WORD_SIMILARITY,
 ) -> dict[str, Any]:
-    """Attack ``model`` on the examples of ``config``'s data (module docstring); returns the report."""
+    """Attack ``model`` on the examples of ``config``'s data (module docstring); returns the report. A
+    substitute keeps the word's part of speech (``pos_check``) and a word similarity of at least
+    ``min_word_similarity`` (None: no threshold) (:mod:`metakd.robustness.constraints`)."""
     budget = budget or AttackBudget()
     start = time.monotonic()
     data = load_datamodule(config, domain)
@@ -123,8 +128,11 @@ def run_robustness(
         raise RobustnessError("pass --domain: the attack runs on one domain at a time (teachers: per domain)")
     classify = TextPredictor(logits, tokenizer, data.max_length, batch_size, domain_id)
     substitutes = make_source(source, data.backbone, wordnet_dir, min_similarity, budget.max_candidates)
+    constraints = make_constraints(data.backbone, pos_check, min_word_similarity)
     with torch.no_grad():
-        report = attack_dataset(classify, texts, labels, substitutes, budget, pairs, max_examples, seed)
+        report = attack_dataset(
+            classify, texts, labels, substitutes, budget, pairs, max_examples, seed, constraints
+        )
     return {
         "model": str(model),
         "config": str(config),
@@ -137,6 +145,7 @@ def run_robustness(
             "max_candidates": budget.max_candidates,
         },
         "source": {"name": substitutes.name, "wordnet_dir": wordnet_dir, "min_similarity": min_similarity},
+        "constraints": {"pos": pos_check, "min_word_similarity": min_word_similarity},
         "split_examples": len(texts),
         "seconds": round(time.monotonic() - start, 1),
         **report,

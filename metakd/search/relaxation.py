@@ -1,7 +1,10 @@
-"""AdaBERT's continuous relaxation of the discrete choices: Gumbel-softmax samples and the annealed
-temperature (formulas in :mod:`metakd.search.adabert`)."""
+"""AdaBERT's continuous relaxation of the discrete choices: Gumbel-softmax samples, the annealed
+temperature (formulas in :mod:`metakd.search.adabert`) and the entropy that shows whether the
+architecture logits have moved."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -35,4 +38,16 @@ def temperature_at(step: int, total_steps: int, start: float, end: float) -> flo
     return start * (end / start) ** fraction
 
 
-__all__ = ["gumbel_softmax", "sample_gumbel", "temperature_at"]
+def mean_entropy(logits: Tensor) -> float:
+    """Mean over the rows of ``logits`` (e.g. the edges of ``alpha``) of the entropy of ``softmax(row)``,
+    ``H = -sum_o p_o log p_o`` in nats: ``log(num_columns)`` for uniform rows, 0 for one-hot ones."""
+    log_probs = torch.log_softmax(logits.detach().double(), dim=-1)
+    return float(-(log_probs.exp() * log_probs).sum(-1).mean())
+
+
+def max_entropy(num_choices: int) -> float:
+    """The entropy of the uniform distribution over ``num_choices`` (``log n``, nats)."""
+    return math.log(num_choices)
+
+
+__all__ = ["gumbel_softmax", "max_entropy", "mean_entropy", "sample_gumbel", "temperature_at"]
