@@ -406,22 +406,33 @@ def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.Ca
     from metakd.cli import main as cli_main
     from metakd.search.command import build_parser
 
-    for name in ("adabert.yaml", "adabert_quick.yaml"):
+    for name in ("adabert.yaml", "adabert_quick.yaml", "rosearch.yaml", "rosearch_quick.yaml"):
         path = REPO / "configs" / "amazon" / "search" / name
         parsed = build_parser().parse_args(["--config", str(path), "--teacher_ckpt", "t.ckpt", "--out", "o"])
-        assert parsed.search.hard and parsed.data.init_args.max_length == 64
+        assert parsed.data.init_args.max_length == 64
+        if name.startswith("adabert"):  # as published: probes and the ten operations
+            assert parsed.search.hard and parsed.search.probes and len(parsed.search.operations) == 10
+        else:  # RoSearch as a search: population 10 x 5 generations (the quick one smaller)
+            assert parsed.rosearch.enabled and parsed.rosearch.initial == "random"
+            assert (parsed.rosearch.population, parsed.rosearch.generations) >= (
+                (10, 5) if name == "rosearch.yaml" else (1, 1)
+            )
     for quick in (False, True):
         config = pipeline.load_pipeline_config(
             REPO / "configs" / "amazon" / "benchmark_search.yaml", quick=quick
         )
         config["runs_dir"] = str(tmp_path)
         cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
-        assert {f"search/adabert/{d}" for d in config["domains"]} <= set(cells)
-        search = pipeline.cell_config(config, 42, cells["search/adabert/dvd"])
-        assert search["data"]["init_args"]["target_domain"] == "dvd" and search["search"]["steps"] == (
-            40 if quick else 150
+        assert len(config["domains"]) >= 2
+        assert {f"search/{row}/{d}" for d in config["domains"] for row in ("adabert", "rosearch")} <= set(
+            cells
         )
-        student = pipeline.cell_config(config, 42, cells["student/adabert/dvd"])
+        domain = config["domains"][-1]
+        search = pipeline.cell_config(config, 42, cells[f"search/adabert/{domain}"])
+        assert search["data"]["init_args"]["target_domain"] == domain and search["search"]["steps"] == (
+            40 if quick else 400
+        )
+        student = pipeline.cell_config(config, 42, cells[f"student/adabert/{domain}"])
         path = tmp_path / "student.yaml"
         path.write_text(yaml.safe_dump(student))
         with pytest.raises(SystemExit) as exit_:
@@ -429,5 +440,5 @@ def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.Ca
         assert exit_.value.code in (0, None)
         printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
         assert printed["student_model"]["init_args"]["architecture"].endswith(
-            "search/adabert/dvd/architecture.json"
+            f"search/adabert/{domain}/architecture.json"
         )
