@@ -137,7 +137,7 @@ def evolve_architecture(
     }
     context = {
         "seed": seed,
-        "teacher": teacher,
+        "teacher": teacher_identity(teacher),
         "target_domain": datamodule.target_domain,
         "backbone": datamodule.backbone,
         "max_length": datamodule.max_length,
@@ -158,6 +158,13 @@ def evolve_architecture(
         cache,
     )
     return run_rosearch(space, ro, evaluator, seed, base, derived)
+
+
+def teacher_identity(path: str) -> dict[str, Any]:
+    """The teacher as the candidate cache knows it: its path, size and modification time (a teacher
+    retrained at the same path invalidates the cached candidates)."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 __all__ = ["evolve_architecture", "run_search"]
