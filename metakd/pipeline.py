@@ -1228,7 +1228,7 @@ def run_all(
 ROBUSTNESS_OPTIONS = {
     key: "--" + key.replace("_", "-")
     for key in ("max_examples", "seed", "max_fraction", "max_substitutions", "max_candidates", "source",
-                "wordnet_dir", "min_similarity")
+                "wordnet_dir", "min_similarity", "pos_check", "min_word_similarity")
 }  # fmt: skip
 """Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
 
@@ -1502,11 +1502,12 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
-        from metakd.search.adabert import describe
+        from metakd.search.derive import describe
 
         out["search"] = {
             key: {"domain": r["info"]["domain"], "row": r["info"]["row"],
                   "architecture": describe(r["architecture"]), **r["architecture"].get("cost", {}),
+                  "op_entropy": r["architecture"].get("derived_from", {}).get("op_entropy"),
                   "seconds": r["seconds"]}
             for key, r in searched.items()
         }  # fmt: skip
@@ -1709,13 +1710,17 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
             )
         lines.append("")
     if summary.get("search"):
-        header = "| cell | architecture | parameters | FLOPs/token | search time |"
+        header = "| cell | architecture | parameters | FLOPs/token | operation entropy | search time |"
         lines += ["## Searched architectures", "", header,
-                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for key, entry in summary["search"].items():
+            entropy = entry.get("op_entropy")
+            moved = "-"
+            if entropy:
+                moved = f"{entropy['initial']:.3f} -> {entropy['final']:.3f} (max {entropy['max']:.3f})"
             lines.append(
                 f"| {key} | {entry['architecture']} | {entry.get('parameters', 0):,} | "
-                f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
+                f"{entry.get('flops_per_token', 0):,} | {moved} | {format_seconds(entry['seconds'])} |"
             )
         lines.append("")
     lines += [REPORT_END_OF_PRINTED, ""]  # the terminal shows the report up to here

@@ -241,8 +241,8 @@ def test_f_pooling_and_the_backward_direction_against_a_hand_loop() -> None:
 
 @pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
 def test_distil_export_onnx_and_classify(name: str, teacher_ckpt: str, tmp_path: Path) -> None:
-    from metakd.classify import TextClassifier
     from metakd.export import export_student
+    from metakd.inference import TextClassifier
 
     data = ToyMultiDomainDataModule(backbone="minilm-l6", target_domain="dom1")
     spec = {"class_path": name, "init_args": SMALL[name]}
