@@ -24,12 +24,20 @@ from torch import Tensor, nn
 
 from metakd.errors import StudentConfigError
 from metakd.teacher_cache import CacheMode, TeacherOutputCache
-from metakd.teacher_sources import TeacherSource, freeze, open_teacher_source, train_id_count
+from metakd.teacher_sources import (
+    TeacherSource,
+    freeze,
+    load_metakd_teacher,
+    load_teacher,
+    open_teacher_source,
+    train_id_count,
+)
 from metakd.utils import sha256_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CacheMode", "FrozenTeacher", "TeacherOutputs", "TeacherRequest"]
+# The loaders keep their names here too (where they lived before the sources had their own file).
+__all__ = ["CacheMode", "FrozenTeacher", "TeacherOutputs", "TeacherRequest", "load_metakd_teacher", "load_teacher"]
 
 
 @dataclass

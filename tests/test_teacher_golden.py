@@ -58,8 +58,7 @@ def test_teacher_matches_golden(name: str, fresh: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
 def test_old_checkpoints_load_and_compute_the_same(name: str) -> None:
-    from metakd.teacher_sources import load_metakd_teacher
-    from metakd.teachers import FrozenTeacher
+    from metakd.teachers import FrozenTeacher, load_metakd_teacher
 
     path = str(CHECKPOINTS[name])
     golden = GOLDEN["checkpoints"][name]
