@@ -37,7 +37,14 @@ from metakd.utils import sha256_json
 log = logging.getLogger(__name__)
 
 # The loaders keep their names here too (where they lived before the sources had their own file).
-__all__ = ["CacheMode", "FrozenTeacher", "TeacherOutputs", "TeacherRequest", "load_metakd_teacher", "load_teacher"]
+__all__ = [
+    "CacheMode",
+    "FrozenTeacher",
+    "TeacherOutputs",
+    "TeacherRequest",
+    "load_metakd_teacher",
+    "load_teacher",
+]
 
 
 @dataclass
