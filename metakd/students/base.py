@@ -198,9 +198,9 @@ def class_path(cls: type) -> str:
 
 
 def student_class(name: str) -> type[StudentModel]:
-    """A registered architecture name or a dotted class path, checked to be a :class:`StudentModel`."""
-    import metakd.students  # noqa: F401  (registers the built-in architectures)
-
+    """A registered architecture name or a dotted class path, checked to be a :class:`StudentModel`.
+    (The built-in architectures are registered: this module is imported through the ``metakd.students``
+    package, whose ``__init__`` imports every architecture file.)"""
     try:
         cls = STUDENTS.get(name)
     except KeyError as err:
@@ -329,33 +329,3 @@ def checkpoint_payload(
     if "hf_config" in payload["student"]:
         payload["hf_config"] = payload["student"]["hf_config"]  # what format-1 readers look for
     return payload
-
-
-def student_from_arguments(
-    spec: dict[str, Any] | None,
-    backbone: str,
-    layers: list[int] | int | None,
-    config: dict[str, Any] | None,
-    label_names: list[str],
-    tokenizer_name: str,
-) -> StudentModel:
-    """The Student's architecture: ``spec`` (``student_model``), else the BERT student of ``backbone`` /
-    ``layers`` / ``config``."""
-    from metakd.backbones import load_tokenizer
-    from metakd.students.hf import HFStudent
-
-    if spec is None:
-        model = HFStudent(len(label_names), label_names, tokenizer_name, backbone, layers, config)
-        model.init_args = {"backbone": backbone, "layers": layers, "config": config}
-        return model
-    if layers is not None or config is not None:
-        raise StudentConfigError("give model.student_model or student_layers / student_config, not both")
-    tokenizer = load_tokenizer(tokenizer_name)
-    context = StudentContext(
-        num_labels=len(label_names),
-        label_names=tuple(label_names),
-        tokenizer_name=tokenizer_name,
-        vocab_size=len(tokenizer),
-        pad_token_id=int(tokenizer.pad_token_id or 0),
-    )
-    return build_student(spec, context)
