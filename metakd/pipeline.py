@@ -1063,7 +1063,7 @@ def _fit_and_test(
     payload["metrics"] = by_set.get("test", by_set[config["test_sets"][0]])
     payload["test_sets"] = by_set
     curve = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None
-    payload["dev_curve"] = curve
+    payload["dev_curve"] = cellstore.store_relative(curve, store_dir(config))
     payload["predictions"] = predictions
     return ""
 
