@@ -230,7 +230,9 @@ def build_student(spec: dict[str, Any], context: StudentContext) -> StudentModel
     unknown = sorted(set(spec) - {"class_path", "init_args"})
     if unknown:
         raise StudentConfigError(
-            f"model.student_model has unknown keys {unknown}; expected class_path, init_args"
+            f"model.student_model has unknown keys {unknown}; expected class_path, init_args (an "
+            f"argument of the architecture goes below init_args: model.init_args.student_model.init_args."
+            f"{unknown[0]})"
         )
     cls = student_class(str(spec["class_path"]))
     init_args = dict(spec.get("init_args") or {})
