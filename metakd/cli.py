@@ -165,9 +165,11 @@ class MetaKDCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from lightning_fabric.utilities.exceptions import MisconfigurationException
+        from pytorch_lightning.callbacks import ProgressBar
         from pytorch_lightning.plugins.io import CheckpointIO
 
         from metakd.checkpointing import AtomicCheckpointIO, RNGStateCallback
+        from metakd.progress import progress_bar_from_environment
 
         # Checkpoints are written atomically (metakd/checkpointing.py) unless the user picks a CheckpointIO.
         plugins = config.get("plugins")
@@ -176,8 +178,16 @@ class MetaKDCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         # Random generator states travel with the checkpoints, so a resumed run draws the same numbers.
+        callbacks = [*callbacks, RNGStateCallback()]
+        # The progress bar: metakd's (a plain line now and then off a terminal; metakd/progress.py).
+        given = config.get("callbacks")
+        given = [] if given is None else given if isinstance(given, list) else [given]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(callback, ProgressBar) for callback in [*given, *callbacks]
+        ):
+            callbacks.append(progress_bar_from_environment())
         try:
-            return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
+            return super()._instantiate_trainer(config, callbacks)
         except MisconfigurationException as err:  # a bad trainer.* value, named by Lightning's message
             trainer_options = accepted_options("pytorch_lightning.Trainer")
             raise annotate(
