@@ -41,15 +41,19 @@ def expand_mapping_overrides(parse: Callable[[list[str]], Any], words: list[str]
     """``words`` with each ``--<option>.<key path> VALUE`` (or ``=VALUE``) below a mapping-valued option
     replaced by ``--<option>=<the whole mapping, as JSON>``.
 
-    ``parse(prefix)`` parses a prefix of the command line (jsonargparse's ``parse_args``); a prefix it
-    cannot parse leaves the option as it was, for jsonargparse to report.
+    ``parse(words)`` parses a command line (jsonargparse's ``parse_args``). The whole command line is parsed
+    once to find the options below a mapping (jsonargparse misplaces their keys, not the mapping); only for
+    those is the prefix before them parsed, for the mapping's value at that point. A prefix that cannot be
+    parsed leaves the option as it was, for jsonargparse to report.
     """
     out = list(words)
+    if not any(dotted_key(word) for word in out):
+        return out
+    whole = parsed_or_none(parse, out)
     i = 0
     while i < len(out):
-        word = out[i]
-        key, equals, value = word[2:].partition("=")
-        if not word.startswith("--") or "." not in key or key.endswith("+"):  # (key+: a list append)
+        key, equals, value = out[i][2:].partition("=")
+        if not dotted_key(out[i]) or (whole is not None and find_mapping(whole, key) is None):
             i += 1
             continue
         width = 1 if equals else 2
@@ -57,13 +61,20 @@ def expand_mapping_overrides(parse: Callable[[list[str]], Any], words: list[str]
             if i + 1 >= len(out):
                 break
             value = out[i + 1]
-        target = mapping_target(parse, out[:i], key)
+        prefix = parsed_or_none(parse, out[:i])
+        target = None if prefix is None else find_mapping(prefix, key)
         if target is not None:
             option, path, mapping = target
             merged = set_path(mapping, path, read_value(value))
             out[i : i + width] = [f"--{option}={json.dumps(merged)}"]
         i += 1
     return out
+
+
+def dotted_key(word: str) -> bool:
+    """Whether ``word`` is an option below another one (``--a.b``; not a list append ``--a.b+``)."""
+    key = word[2:].partition("=")[0]
+    return word.startswith("--") and "." in key and not key.endswith("+")
 
 
 def model_options(words: list[str]) -> list[str]:
@@ -77,17 +88,19 @@ def model_options(words: list[str]) -> list[str]:
     return found
 
 
-def mapping_target(
-    parse: Callable[[list[str]], Any], prefix: list[str], key: str
-) -> tuple[str, list[str], dict[str, Any]] | None:
-    """``(option, key path inside it, its current mapping)`` when ``key`` names a key inside a
-    mapping-valued option (the mapping is ``{}`` when the option is unset), else None."""
+def parsed_or_none(parse: Callable[[list[str]], Any], words: list[str]) -> Any:
+    """The subcommand's config that ``parse`` makes of ``words`` (without the options that print and
+    exit), or None when they do not parse."""
     try:
-        parsed = parse([word for word in prefix if word.partition("=")[0] not in EXITING_OPTIONS])
-    except (Exception, SystemExit):  # noqa: BLE001 - an incomplete prefix: jsonargparse reports it later
+        parsed = parse([word for word in words if word.partition("=")[0] not in EXITING_OPTIONS])
+    except (Exception, SystemExit):  # noqa: BLE001 - jsonargparse reports it when the whole line is parsed
         return None
-    if parsed.get("subcommand"):
-        parsed = parsed[parsed.subcommand]
+    return parsed[parsed.subcommand] if parsed.get("subcommand") else parsed
+
+
+def find_mapping(parsed: Any, key: str) -> tuple[str, list[str], dict[str, Any]] | None:
+    """``(option, key path inside it, its current mapping)`` when ``key`` names a key inside a
+    mapping-valued option of ``parsed`` (the mapping is ``{}`` when the option is unset), else None."""
     parts = key.split(".")
     node: Any = parsed
     owner: Any = None  # the class_path whose init args `node` is

@@ -139,20 +139,33 @@ def test_an_argument_of_the_architecture_outside_init_args_is_named() -> None:
 
 
 def test_options_that_are_not_inside_a_mapping_are_left_to_jsonargparse() -> None:
-    def parse(prefix: list[str]):
-        from jsonargparse import Namespace
+    """Only an option below a mapping is rewritten; the command line is parsed once to find them, and a
+    prefix once more for each."""
+    from jsonargparse import Namespace
 
+    parsed: list[list[str]] = []
+
+    def parse(words: list[str]) -> Namespace:
+        parsed.append(words)
         init_args = Namespace(lr=1.0, options={"a": {"b": 1}, "c": 2})
         model = Namespace(class_path="x.Y", init_args=init_args)
         return Namespace(trainer=Namespace(max_epochs=3), model=model)
 
+    assert expand_mapping_overrides(parse, ["fit", "--config", "a.yaml", "--print_config"]) == [
+        "fit", "--config", "a.yaml", "--print_config",
+    ]  # fmt: skip
+    assert parsed == []  # nothing dotted: nothing to parse
     words = ["--trainer.max_epochs", "4", "--model.init_args.lr=2", "--model.init_args.options", "{}"]
     assert expand_mapping_overrides(parse, words) == words
-    merged = expand_mapping_overrides(parse, ["--model.options.a.d", "[1, 2]", "--trainer.callbacks+=X"])
-    assert merged == [
+    assert parsed == [words]
+    parsed.clear()
+    words = ["--model.options.a.d", "[1, 2]", "--trainer.callbacks+=X", "--print_config"]
+    assert expand_mapping_overrides(parse, words) == [
         "--model.options=" + json.dumps({"a": {"b": 1, "d": [1, 2]}, "c": 2}),
         "--trainer.callbacks+=X",
+        "--print_config",
     ]
+    assert parsed == [words[:3], []]  # the whole line (without --print_config), the prefix before it
 
 
 def test_values_are_read_as_yaml() -> None:
