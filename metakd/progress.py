@@ -16,7 +16,8 @@ sent to log files points the bar at its own terminal this way):
 
 - ``METAKD_PROGRESS_FD``: write to this open file descriptor (default: standard output);
 - ``METAKD_PROGRESS_LABEL``: put this label in front of each description (e.g. a cell's name);
-- ``METAKD_PROGRESS_INTERVAL``: seconds between lines off a terminal (default 30).
+- ``METAKD_PROGRESS_INTERVAL``: seconds between lines off a terminal (default 30);
+- ``METAKD_PROGRESS_TERMINAL``: ``1`` a bar, ``0`` lines, whatever the stream is (default: ask it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from metakd.errors import ConfigError
 
 DEFAULT_INTERVAL = 30.0
 ENV_FD, ENV_LABEL, ENV_INTERVAL = "METAKD_PROGRESS_FD", "METAKD_PROGRESS_LABEL", "METAKD_PROGRESS_INTERVAL"
+ENV_TERMINAL = "METAKD_PROGRESS_TERMINAL"
 
 
 def labelled(label: str | None, description: str | None) -> str:
@@ -232,10 +234,12 @@ class StreamProgressBar(TQDMProgressBar):
 
 
 def progress_bar_from_environment(environ: Mapping[str, str] | None = None) -> StreamProgressBar:
-    """The bar ``python -m metakd`` adds: ``METAKD_PROGRESS_FD``, ``_LABEL`` and ``_INTERVAL`` (see the
-    module docstring); each unset one takes its default."""
+    """The bar ``python -m metakd`` adds: ``METAKD_PROGRESS_FD``, ``_LABEL``, ``_INTERVAL`` and
+    ``_TERMINAL`` (see the module docstring); each unset one takes its default."""
     environ = os.environ if environ is None else environ
-    fd, label, interval = (environ.get(name) or None for name in (ENV_FD, ENV_LABEL, ENV_INTERVAL))
+    fd, label, interval, terminal = (
+        environ.get(name) or None for name in (ENV_FD, ENV_LABEL, ENV_INTERVAL, ENV_TERMINAL)
+    )
     try:
         seconds = DEFAULT_INTERVAL if interval is None else float(interval)
         stream = None if fd is None else int(fd)
@@ -246,4 +250,7 @@ def progress_bar_from_environment(environ: Mapping[str, str] | None = None) -> S
         ) from None
     if not math.isfinite(seconds):
         raise ConfigError(f"{ENV_INTERVAL} must be a finite number of seconds, got {interval!r}")
-    return StreamProgressBar(label=label, stream=stream, interval=seconds)
+    if terminal not in (None, "0", "1"):
+        raise ConfigError(f"{ENV_TERMINAL} must be 1 (a bar) or 0 (lines), got {terminal!r}")
+    is_terminal = None if terminal is None else terminal == "1"
+    return StreamProgressBar(label=label, stream=stream, interval=seconds, terminal=is_terminal)

@@ -180,6 +180,10 @@ def test_environment_settings_and_their_errors() -> None:
     )
     assert (bar.label, bar.stream_spec, bar.throttle.interval) == ("dvd/none", None, 5.0)
     assert progress_bar_from_environment({}).throttle.interval == 30.0
+    assert progress_bar_from_environment({"METAKD_PROGRESS_TERMINAL": "0"}).is_terminal() is False
+    assert progress_bar_from_environment({"METAKD_PROGRESS_TERMINAL": "1"}).is_terminal() is True
+    with pytest.raises(ConfigError, match="METAKD_PROGRESS_TERMINAL must be 1 .a bar. or 0 .lines."):
+        progress_bar_from_environment({"METAKD_PROGRESS_TERMINAL": "yes"})
     with pytest.raises(ConfigError, match="METAKD_PROGRESS_FD must be a file descriptor number"):
         progress_bar_from_environment({"METAKD_PROGRESS_FD": "tty"})
     with pytest.raises(ConfigError, match="progress interval must be a number of seconds >= 0, got -1"):
