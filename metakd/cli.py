@@ -78,10 +78,9 @@ class MetaKDCLI(LightningCLI):
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
             return
-        words = sys.argv[1:] if args is None else list(args)
+        self.command_line = sys.argv[1:] if args is None else list(args)
         try:
-            self._words = expand_mapping_overrides(parser.parse_args, words)
-            self.config = parser.parse_args(self._words)
+            self.config = parser.parse_args(expand_mapping_overrides(parser.parse_args, self.command_line))
         except ArgumentError as err:
             clearer = registered_name_error(err)
             if clearer is None:
@@ -158,10 +157,15 @@ class MetaKDCLI(LightningCLI):
             raise
         # Lightning lays the checkpoint's hyperparameters over the parsed config; a model option given on
         # the command line (`test --ckpt_path X --model.init_args.student_model.init_args.speed 0.4`) still
-        # wins over them, as it would over a config file.
-        overrides = model_options(getattr(self, "_words", []))
+        # wins over them, as it would over a config file (a key inside a mapping: over the checkpoint's).
+        overrides = model_options(getattr(self, "command_line", []))
         if self.config is not parsed and overrides:
-            self.config = self.parser.parse_args([subcommand, *overrides], namespace=self.config)
+            stored = self.config
+
+            def parse(words: list[str]) -> Any:
+                return self.parser.parse_args(words, namespace=stored)
+
+            self.config = parse(expand_mapping_overrides(parse, [subcommand, *overrides]))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from lightning_fabric.utilities.exceptions import MisconfigurationException

@@ -194,14 +194,17 @@ def test_a_registered_name_with_init_args_gets_a_clear_error(fastbert_config: Pa
 
 def test_a_command_line_option_wins_over_the_checkpoint_hyperparameters(fastbert_config: Path) -> None:
     """Lightning lays the hyperparameters of ``--ckpt_path <file>`` over the config; an option given on the
-    command line (the speed FastBERT's config documents for test time) still applies."""
+    command line (the speed FastBERT's config documents for test time) still applies, merged into the
+    checkpoint's architecture (trained with branch width 64, not the config's default 128)."""
     tiny = ["--trainer.max_epochs=3", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
             "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false"]  # fmt: skip
-    fitted = run_lightning_cli(["fit", "--config", str(fastbert_config), *tiny])
+    width = "--model.init_args.student_model.init_args.branch_width=64"
+    fitted = run_lightning_cli(["fit", "--config", str(fastbert_config), *tiny, width])
     ckpt = fitted.trainer.checkpoint_callback.last_model_path
     speed = ["--model.init_args.student_model.init_args.speed", "0.9"]
     tested = run_lightning_cli(["test", "--config", str(fastbert_config), *tiny, "--ckpt_path", ckpt, *speed])
     assert tested.model.model.speed == 0.9
+    assert tested.model.model.branches[0].reduce.out_features == 64
     untouched = run_lightning_cli(["test", "--config", str(fastbert_config), *tiny, "--ckpt_path", ckpt])
     assert untouched.model.model.speed == 0.2
