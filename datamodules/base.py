@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from datamodules.augment import AugmentContext, augmented_records, parse_augment
 from datamodules.errors import DataError
-from metakd.backbones import DEFAULT_BACKBONE, load_tokenizer
+from metakd.backbones import DEFAULT_BACKBONE, backbone_position_limit, load_tokenizer
+from metakd.validation import check_max_length_fits
 
 logger = logging.getLogger("metakd.data")
 
@@ -241,6 +242,8 @@ class MultiDomainDataModule(LightningDataModule):
         self.save_hyperparameters()
         if not isinstance(max_length, int) or max_length < 4:
             raise DataError(f"max_length must be an integer >= 4, got {max_length!r}")
+        limit = backbone_position_limit(backbone)
+        check_max_length_fits("max_length", max_length, limit, f"backbone {backbone!r}", DataError)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):

@@ -91,6 +91,34 @@ def load_config(name: str, **kwargs: Any):
         raise _load_failure(name, err) from err
 
 
+# Position ids of these encoders start after the padding index: pad_token_id + 1 of their
+# max_position_embeddings never hold a token.
+PADDING_OFFSET_MODEL_TYPES = frozenset(
+    {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm"}
+)
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens an encoder with this HF config reads: its ``max_position_embeddings`` (less the
+    padding offset of RoBERTa-style encoders); None when the config sets no limit."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
+        limit -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+@lru_cache(maxsize=32)
+def backbone_position_limit(name: str) -> int | None:
+    """:func:`position_limit` of a backbone's config; None when the backbone has no loadable config (a
+    tokenizer-only directory, a hub name that cannot be reached: loading its tokenizer reports that)."""
+    try:
+        return position_limit(load_config(name))
+    except BackboneError:
+        return None
+
+
 def load_encoder(name: str, attn_implementation: str | None = None, **kwargs: Any):
     """``AutoModel.from_pretrained`` on a resolved backbone name, with a clear error.
 

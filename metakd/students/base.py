@@ -20,8 +20,10 @@ Writing a new architecture (one file, e.g. ``metakd/students/bilstm.py``)::
             ...
             return StudentOutput(logits=..., hidden_states=(...,), pooled=...)
 
-and use it from YAML: ``model.init_args.student_model: {class_path: bilstm, init_args: {...}}`` (a
-registered name or a dotted class path). Constructor arguments named like a field of
+and use it from YAML: ``model.init_args.student_model: {class_path: metakd.students.bilstm.BiLSTMStudent,
+init_args: {...}}`` (a dotted class path; a registered name such as ``bilstm`` works from Python, and in
+a LightningCLI config without ``init_args``: jsonargparse imports the ``class_path`` of a mapping with
+``init_args``). Constructor arguments named like a field of
 :class:`StudentContext` (``num_labels``, ``label_names``, ``vocab_size``, ``pad_token_id``,
 ``tokenizer_name``) are filled from the data; the rest come from ``init_args``.
 """
@@ -230,7 +232,9 @@ def build_student(spec: dict[str, Any], context: StudentContext) -> StudentModel
     unknown = sorted(set(spec) - {"class_path", "init_args"})
     if unknown:
         raise StudentConfigError(
-            f"model.student_model has unknown keys {unknown}; expected class_path, init_args"
+            f"model.student_model has unknown keys {unknown}; expected class_path, init_args (an "
+            f"argument of the architecture goes below init_args: model.init_args.student_model.init_args."
+            f"{unknown[0]})"
         )
     cls = student_class(str(spec["class_path"]))
     init_args = dict(spec.get("init_args") or {})
