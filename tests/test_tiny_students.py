@@ -296,6 +296,11 @@ def test_existing_methods_run_and_refuse_what_needs_token_states(teacher_ckpt: s
     trainer.fit(weighted, datamodule=data)
     mean_weight = float(trainer.callback_metrics["train/weight_mean"])
     assert 0 < mean_weight < 1  # sigma_i < 1/2 and t_i in [-1, 1]: w_i is below 1, and not uniform
+    # the named row: Tang's logit MSE weighted by the same w_i
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(student(distillation="meta_logit"), datamodule=data)
+    assert 0 < float(trainer.callback_metrics["train/weight_mean"]) < 1
+    assert float(trainer.callback_metrics["train/loss_mse"]) > 0
 
 
 # ------------------------------------------------------------------------------------------- CLI
