@@ -47,7 +47,7 @@ CLASS_PATHS = {
 }
 VARIANTS = [
     ("bilstm", {}),
-    ("bilstm", {"num_layers": 2, "pooling": "final"}),
+    ("bilstm", {"num_layers": 2, "pooling": "max"}),
     ("textcnn", {}),
     ("textcnn", {"widths": [1, 5]}),
     ("pqrnn", {}),
@@ -113,6 +113,59 @@ def test_registered_and_declared(minilm_tokenizer) -> None:
         small("pqrnn", minilm_tokenizer, hidden_size=0)
     with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone' or 'random'"):
         small("textcnn", minilm_tokenizer, embedding_init="glove")
+
+
+# ------------------------------------------------------------------------------------------ BiLSTM
+
+
+@pytest.mark.parametrize("pooling", ["final", "max"])
+def test_bilstm_poolings_against_the_lstms_run_by_hand(pooling: str, minilm_tokenizer) -> None:
+    model = small("bilstm", minilm_tokenizer, pooling=pooling).eval()
+    assert BiLSTMStudent(num_labels=2, vocab_size=10, embedding_init="random").pooling == "final"  # default
+    ids = minilm_tokenizer(["a wonderful little book"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        pooled = model(ids, torch.ones_like(ids), need=frozenset({"pooled"})).pooled
+        embedded = model.embeddings(ids)
+        forward_out, (forward_last, _) = model.forward_layers[0](embedded)
+        backward_out, (backward_last, _) = model.backward_layers[0](embedded.flip(1))
+    assert pooled.shape == (1, 12)  # 2 directions x hidden 6
+    if pooling == "final":  # the forward direction's state after the last token, the backward's after the first
+        expected = torch.cat([forward_last[0], backward_last[0]], dim=-1)
+    else:  # max over time of [forward_t, backward_t], the backward states back in reading order
+        expected = torch.cat([forward_out, backward_out.flip(1)], dim=-1).amax(dim=1)
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_bilstm_siamese_features_of_a_pair(minilm_tokenizer) -> None:
+    model = small("bilstm", minilm_tokenizer, siamese=True).eval()
+    assert model.hidden_size == 48  # [h1, h2, h1 h2, |h1 - h2|], each 2 x 6
+    pairs = [("a good book", "it broke after two days"), ("no", "the story is wonderful and long")]
+    with torch.no_grad():
+        for side in ("right", "left"):
+            minilm_tokenizer.padding_side = side
+            try:
+                batch = minilm_tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding="max_length",
+                                         max_length=24, return_tensors="pt")  # fmt: skip
+            finally:
+                minilm_tokenizer.padding_side = "right"
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                        need=frozenset({"pooled"}))  # fmt: skip
+            assert out.pooled.shape == (2, 48) and out.logits.shape == (2, 2)
+            for row, (a, b) in enumerate(pairs):
+                # each segment as the datamodule gives it: [CLS] a [SEP] (type 0), then b [SEP] (type 1)
+                first = minilm_tokenizer([a], return_tensors="pt")["input_ids"]
+                second = minilm_tokenizer([b], return_tensors="pt")["input_ids"][:, 1:]
+                h1 = model.encode(first, torch.ones_like(first, dtype=torch.bool))[0]
+                h2 = model.encode(second, torch.ones_like(second, dtype=torch.bool))[0]
+                expected = torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()])
+                torch.testing.assert_close(out.pooled[row], expected, atol=1e-6, rtol=0)
+        # a single sentence (no second segment): h2 = 0, so the features are [h1, 0, 0, |h1|]
+        single = minilm_tokenizer(["a good book"], return_tensors="pt")
+        pooled = model(single["input_ids"], single["attention_mask"], single["token_type_ids"],
+                       need=frozenset({"pooled"})).pooled[0]  # fmt: skip
+        h1 = pooled[:12]
+        torch.testing.assert_close(pooled[12:36], torch.zeros(24))
+        torch.testing.assert_close(pooled[36:], h1.abs())
 
 
 # ----------------------------------------------------------------------------------------- embeddings
