@@ -129,7 +129,7 @@ def test_bilstm_poolings_against_the_lstms_run_by_hand(pooling: str, minilm_toke
         forward_out, (forward_last, _) = model.forward_layers[0](embedded)
         backward_out, (backward_last, _) = model.backward_layers[0](embedded.flip(1))
     assert pooled.shape == (1, 12)  # 2 directions x hidden 6
-    if pooling == "final":  # the forward direction's state after the last token, the backward's after the first
+    if pooling == "final":  # forward state after the last token, backward state after the first
         expected = torch.cat([forward_last[0], backward_last[0]], dim=-1)
     else:  # max over time of [forward_t, backward_t], the backward states back in reading order
         expected = torch.cat([forward_out, backward_out.flip(1)], dim=-1).amax(dim=1)
