@@ -111,7 +111,7 @@ def test_registered_and_declared(minilm_tokenizer) -> None:
         small("textcnn", minilm_tokenizer, widths=[])
     with pytest.raises(StudentConfigError, match=r"pqrnn: \{'hidden_size': 0\} must be >= 1"):
         small("pqrnn", minilm_tokenizer, hidden_size=0)
-    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone' or 'random'"):
+    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone', 'model2vec' or 'random'"):
         small("textcnn", minilm_tokenizer, embedding_init="glove")
 
 

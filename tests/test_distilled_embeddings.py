@@ -1,0 +1,82 @@
+"""``embedding_init: model2vec``: static embeddings distilled from a (tiny, local) backbone with model2vec,
+matched to the data's token ids by string, cached on disk and never recomputed by a rebuild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("model2vec")
+
+from metakd.students import StudentContext, build_student, rebuild_student  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny_tokenizer_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1-layer BERT over the tiny tokenizer, saved as a local sentence-transformer-like directory."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=20, max_position_embeddings=16)  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny_backbone")
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def textcnn(tokenizer_dir: str, backbone: str, **overrides: Any) -> Any:
+    from metakd.backbones import load_tokenizer
+
+    vocab_size = len(load_tokenizer(tokenizer_dir))
+    spec = {"class_path": "textcnn", "init_args": {"embedding_init": "model2vec", "backbone": backbone,
+            "embedding_dim": 4, "filters": 3, "widths": [2], "mlp_size": 0, **overrides}}  # fmt: skip
+    return build_student(spec, StudentContext(2, ("neg", "pos"), tokenizer_dir, vocab_size, 0))
+
+
+def test_model2vec_rows_by_token_cached_and_not_recomputed(
+    tiny_tokenizer_dir: str, tiny_backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model2vec.distill import distill
+
+    from metakd.backbones import load_tokenizer
+
+    monkeypatch.setenv("METAKD_CACHE", str(tmp_path / "cache"))
+    model = textcnn(tiny_tokenizer_dir, tiny_backbone)
+    table = model.embeddings.weight.detach()
+    vocabulary = load_tokenizer(tiny_tokenizer_dir).get_vocab()
+    assert table.shape == (len(vocabulary), 4) and model.embeddings.weight.requires_grad
+    # model2vec's own distillation of the same backbone, row by row through its own vocabulary
+    static = distill(tiny_backbone, pca_dims=4, quantize_to="float32")
+    ids = static.tokenizer.get_vocab()
+    for token, data_id in vocabulary.items():
+        expected = torch.as_tensor(static.embedding[ids[token]]) if token in ids else torch.zeros(4)
+        torch.testing.assert_close(table[data_id], expected, atol=1e-5, rtol=1e-4)
+    assert any(token in ids for token in ("good", "book")) and table.abs().sum() > 0
+    cached = [p for p in (tmp_path / "cache" / "model2vec").iterdir() if (p / "config.json").is_file()]
+    assert len(cached) == 1
+
+    # A second student reads the cache: model2vec is not run again. Another width is another entry.
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("model2vec ran again")
+
+    monkeypatch.setattr("model2vec.distill.distill", refuse)
+    again = textcnn(tiny_tokenizer_dir, tiny_backbone)
+    torch.testing.assert_close(again.embeddings.weight.detach(), table)
+    with pytest.raises(AssertionError, match="model2vec ran again"):
+        textcnn(tiny_tokenizer_dir, tiny_backbone, embedding_dim=3)
+    # An export's rebuild never distils: the table comes from the state dict.
+    rebuilt = rebuild_student(model.payload())
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.embeddings.weight.detach(), table)
+
+
+def test_model2vec_needs_a_backbone_with_the_datas_tokenizer(tiny_backbone: str, tmp_path: Path) -> None:
+    from metakd.errors import StudentConfigError
+
+    with pytest.raises(StudentConfigError, match="tokenizer mismatch"):
+        textcnn("minilm-l6", tiny_backbone)
