@@ -438,6 +438,13 @@ class MultiDomainDataModule(LightningDataModule):
             positions = [positions[k] for k in keep]
         return positions
 
+    def loaded_records(self, split: str) -> list[Record]:
+        """The records of ``split`` this datamodule loads (after ``target_domain`` and ``train_fraction``,
+        without augmented examples), each with its ``example_id``: for a model trained outside Lightning
+        on the same examples (e.g. ``benchmarks/model2vec_peer.py``)."""
+        raw = self.raw_splits()[split]
+        return [{**raw[i], "example_id": i} for i in self._selected_positions(split)]
+
     def _count(self, records: list[Record]) -> dict[str, int]:
         counts = Counter(r["domain"] for r in records)
         return {d: counts.get(d, 0) for d in self.domain_names}

@@ -80,3 +80,38 @@ def test_model2vec_needs_a_backbone_with_the_datas_tokenizer(tiny_backbone: str,
 
     with pytest.raises(StudentConfigError, match="tokenizer mismatch"):
         textcnn("minilm-l6", tiny_backbone)
+
+
+def test_model2vec_peer_script_trains_scores_and_writes_pipeline_shaped_results(
+    tiny_backbone: str, tmp_path: Path
+) -> None:
+    import gzip
+    import json
+
+    import yaml
+    from helpers import REPO, run_python, write_tiny_corpus
+
+    corpus = write_tiny_corpus(tmp_path / "corpus.jsonl", per_domain=30)
+    config = {"name": "tiny", "domains": ["books", "dvd"], "seeds": [1],
+              "data": {"class_path": "datamodules.JsonlDataModule",
+                       "init_args": {"train_file": str(corpus), "backbone": "minilm-l6",
+                                     "cache_dir": str(tmp_path / "cache")}}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_python(REPO / "benchmarks" / "model2vec_peer.py", "--config", str(tmp_path / "config.yaml"),
+               "--domains", "books", "--backbone", tiny_backbone, "--pca-dims", "4", "--max-epochs", "2",
+               "--out", str(tmp_path / "out"), extra_env={"METAKD_CACHE": str(tmp_path / "m2v")})  # fmt: skip
+    report = json.loads((tmp_path / "out" / "tiny_model2vec_peer.json").read_text(encoding="utf-8"))
+    books = report["main"]["student_model2vec_peer"]["books"]
+    assert books["n"] == 1 and report["main"]["student_model2vec_peer"]["average"]["mean"] == books["mean"]
+    with gzip.open(tmp_path / "out" / "tiny_model2vec_peer_predictions.jsonl.gz", "rt") as handle:
+        rows = [json.loads(line) for line in handle]
+    from datamodules import JsonlDataModule
+
+    test = JsonlDataModule(train_file=str(corpus), target_domain="books").loaded_records("test")
+    assert sorted(r["example_id"] for r in rows) == sorted(r["example_id"] for r in test)
+    assert {r["cell"] for r in rows} == {"student/model2vec_peer/books"} and all(
+        len(r["logits"]) == 2 for r in rows
+    )
+    assert books["mean"] == pytest.approx(sum(r["pred"] == r["label"] for r in rows) / len(rows))
+    metrics = report["metrics"]
+    assert metrics["texts_per_second"]["books"]["mean"] > 0 and metrics["size_mb"]["books"]["mean"] > 0
