@@ -53,7 +53,12 @@ def _sha(payload: Any) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A content hash of a tokenizer: what it does to text, not where it was loaded from."""
+    """A content hash of a tokenizer: what it does to text, not where it was loaded from (a pQRNN
+    featurizer, ``metakd.text_features``, hashes its settings)."""
+    from metakd.text_features import TextFeaturizer
+
+    if isinstance(tokenizer, TextFeaturizer):
+        return tokenizer.fingerprint()
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
