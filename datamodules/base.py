@@ -443,6 +443,16 @@ class MultiDomainDataModule(LightningDataModule):
             positions = [positions[k] for k in keep]
         return positions
 
+    def with_backbone(self, backbone: str) -> MultiDomainDataModule:
+        """The same examples (same splits, selection, augmentation and ``example_ids``) tokenised by
+        another backbone's tokenizer, set up: a teacher's view of a student's data when the student reads
+        other ids (a pQRNN featurizer). Itself when ``backbone`` is its own."""
+        if backbone == self.backbone:
+            return self
+        view = type(self)(**{**dict(self.hparams), "backbone": backbone})
+        view.setup()
+        return view
+
     def loaded_records(self, split: str) -> list[Record]:
         """The records of ``split`` this datamodule loads (after ``target_domain`` and ``train_fraction``,
         without augmented examples), each with its ``example_id``: for a model trained outside Lightning

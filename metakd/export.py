@@ -112,8 +112,8 @@ def build_hf_model(checkpoint: dict[str, Any]) -> nn.Module:
     return model.hf_model.eval()
 
 
-def _probe_batch(tokenizer: Any) -> dict[str, Tensor]:
-    encoded = tokenizer(PROBE_TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+def _probe_batch(tokenizer: Any, texts: list[str] = PROBE_TEXTS, max_length: int = 64) -> dict[str, Tensor]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     if "token_type_ids" not in encoded:
         encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
     return {k: encoded[k] for k in ONNX_INPUTS}
@@ -253,7 +253,7 @@ def _write_export(
         onnx_path = out / "model.onnx"
         export_onnx(model, batch, onnx_path)
         # Probe another shape too, so a shape baked in by tracing would show.
-        probes = [batch, {k: v[:2, : max(3, v.shape[1] // 2)] for k, v in batch.items()}]
+        probes = [batch, _probe_batch(tokenizer, PROBE_TEXTS[:2], max_length=8)]
         diff = 0.0
         for probe in probes:
             expected = _logits(model, probe)

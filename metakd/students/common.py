@@ -112,6 +112,13 @@ class EmbeddingStudent(StudentModel):
         freeze_embeddings: bool,
     ) -> int:
         """Create ``self.embeddings``; returns its width."""
+        from metakd.text_features import featurizer_for
+
+        if featurizer_for(tokenizer_name) is not None:
+            raise StudentConfigError(
+                f"{type(self).__name__} reads a vocabulary's token ids, but the data's tokenizer "
+                f"{tokenizer_name!r} is a pQRNN featurizer (hashed word features: only pqrnn reads them)"
+            )
         self.embeddings = word_embeddings(
             vocab_size, pad_token_id, tokenizer_name, embedding_init, backbone, embedding_dim
         )

@@ -29,11 +29,12 @@ TorchScript function (:func:`f_pooling`) over time-major tensors: fast in PyTorc
 a ``Loop`` with dynamic sequence length.
 
 **Quantisation-aware training** (``quantization_aware``, on by default): the bottleneck's and the QRNN
-convolutions' weights run through int8 fake quantisation in training and evaluation, and their inputs
-through uint8 fake quantisation in training, with the rules of ONNX Runtime's dynamic quantisation
-(:mod:`metakd.students.quantization`); the head (a ``Gemm`` that dynamic quantisation leaves in float) stays
-float. ``metakd export --onnx --int8`` traces a copy whose weights are already on their int8 grid
-(:meth:`PQRNNStudent.for_export`), so ``model.int8.onnx`` holds exactly the weights training saw.
+convolutions' and the head's weights run through int8 fake quantisation in training and evaluation, and
+their inputs through uint8 fake quantisation in training, with the rules of ONNX Runtime's dynamic
+quantisation (:mod:`metakd.students.quantization`), which quantises exactly these (``MatMul``, ``Conv``
+and the head's ``Gemm``, which it turns into a ``MatMul``). ``metakd export --onnx --int8`` traces a copy
+whose weights are already on their int8 grid (:meth:`PQRNNStudent.for_export`), so ``model.int8.onnx``
+holds exactly the weights training saw.
 
 Deviations from the paper (docs/METAKD.md): mean (or max) pooling instead of attention pooling, no zoneout,
 an MLP head; the features are words and character n-grams hashed by BLAKE2b (the paper's projection
@@ -85,6 +86,12 @@ def f_pooling(forget: Tensor, candidate: Tensor) -> Tensor:
         state = forget[t] * state + candidate[t]
         states.append(state)
     return torch.stack(states, 0)
+
+
+def linear(x: Tensor, layer: nn.Linear, weights: bool, inputs: bool) -> Tensor:
+    """``layer(x)``, with its weight / input fake-quantised when ``weights`` / ``inputs``."""
+    x = fake_quantize_activation(x) if inputs else x
+    return F.linear(x, fake_quantize_weight(layer.weight) if weights else layer.weight, layer.bias)
 
 
 def conv1d(x: Tensor, layer: nn.Conv1d, quantize: bool) -> Tensor:
@@ -215,22 +222,22 @@ class PQRNNStudent(StudentModel):
         inputs = weights and self.training
         valid = attention_mask.reshape(attention_mask.shape[0], -1, self.features_per_word)[..., 0].bool()
         projection = self.project(input_ids)
-        if inputs:
-            projection = fake_quantize_activation(projection)
-        linear = self.bottleneck[0]
-        weight = fake_quantize_weight(linear.weight) if weights else linear.weight
-        states = F.relu(F.linear(projection, weight, linear.bias)) * valid.unsqueeze(-1)
+        states = F.relu(linear(projection, self.bottleneck[0], weights, inputs)) * valid.unsqueeze(-1)
         for layer in self.layers:
             states = layer(self.dropout(states), valid, weights, inputs)
         pool = masked_mean if self.pooling == "mean" else masked_max
         pooled = pool(states, valid)
-        logits = self.head(self.dropout(pooled))
+        logits = self.dropout(pooled)
+        for module in self.head:
+            quantized = isinstance(module, nn.Linear)
+            logits = linear(logits, module, weights, inputs) if quantized else module(logits)
         return StudentOutput(logits=logits, pooled=pooled if "pooled" in need else None)
 
     def quantized_layers(self) -> list[nn.Module]:
         """The layers whose weights quantisation-aware training rounds (dynamic int8 quantises them)."""
-        return [self.bottleneck[0]] + [conv for layer in self.layers
-                                    for conv in (layer.forward_gates, layer.backward_gates)]  # fmt: skip
+        convolutions = [conv for layer in self.layers for conv in (layer.forward_gates, layer.backward_gates)]
+        head = [module for module in self.head if isinstance(module, nn.Linear)]
+        return [self.bottleneck[0], *convolutions, *head]
 
     def for_export(self) -> nn.Module:
         """What ONNX export traces: a copy with every quantised weight on its int8 grid and no fake

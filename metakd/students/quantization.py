@@ -5,10 +5,11 @@ trained with it loses nothing it did not see in training when it is exported as 
 What ONNX Runtime does to a ``MatMul`` or ``Conv`` whose weight is an initializer: the weight becomes
 int8, symmetric per tensor, ``q = clamp(round(w / s), -127, 127)`` with ``s = max|w| / 127``; the input is
 quantised at run time to uint8 per tensor, ``s_x = (max(x, 0) - min(x, 0)) / 255``, zero point
-``z = round(-min(x, 0) / s_x)``, ``q_x = clamp(round(x / s_x) + z, 0, 255)``. ``Gemm`` (a ``Linear`` on a
-2-d input) is left in float. The functions below compute the same rounded values in float ("fake
-quantisation") with a straight-through gradient (the rounding passes the gradient unchanged), as in
-Jacob et al. 2018 and seq_flow_lite's quantised layers.
+``z = round(-min(x, 0) / s_x)``, ``q_x = clamp(round(x / s_x) + z, 0, 255)``. A ``Gemm`` (a ``Linear`` on
+a 2-d input) becomes a ``MatMul`` with its weight transposed and is quantised the same way. The functions
+below compute the same rounded values in float ("fake quantisation") with a straight-through gradient
+(the rounding passes the gradient unchanged), as in Jacob et al. 2018 and seq_flow_lite's quantised
+layers.
 """
 
 from __future__ import annotations
