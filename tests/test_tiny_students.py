@@ -111,7 +111,7 @@ def test_registered_and_declared(minilm_tokenizer) -> None:
         small("textcnn", minilm_tokenizer, widths=[])
     with pytest.raises(StudentConfigError, match=r"pqrnn: \{'hidden_size': 0\} must be >= 1"):
         small("pqrnn", minilm_tokenizer, hidden_size=0)
-    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone', 'model2vec' or 'random'"):
+    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone', 'model2vec' or"):
         small("textcnn", minilm_tokenizer, embedding_init="glove")
 
 
@@ -364,8 +364,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl", per_domain=40)
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
+@pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn", "pqrnn_features"])
 def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
+    backbone = "pqrnn-features" if name == "pqrnn_features" else "minilm-l6"
+    name = name.split("_")[0]
     config = {
         "seed_everything": 1,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "num_sanity_val_steps": 0,
@@ -377,7 +379,7 @@ def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
         },
         "data": {
             "class_path": "datamodules.JsonlDataModule",
-            "init_args": {"train_file": str(corpus), "backbone": "minilm-l6", "max_length": 24,
+            "init_args": {"train_file": str(corpus), "backbone": backbone, "max_length": 24,
                           "batch_size": 8, "cache_dir": str(corpus.parent / "cache"),
                           "target_domain": "books"},
         },
@@ -389,6 +391,9 @@ def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
     assert state["metakd_student"]["student"]["class_path"] == CLASS_PATHS[name]
     init_args = state["metakd_student"]["student"]["init_args"]
     assert init_args.get("vocab_size") == (None if name == "pqrnn" else 30522)  # filled from the data
+    if name == "pqrnn":  # the tokenizer linked from the data, and the word slots it gives
+        assert state["metakd_student"]["tokenizer_name"] == backbone
+        assert init_args["features_per_word"] == (8 if backbone == "pqrnn-features" else 1)
     assert any(k.startswith("model.head.") for k in state["state_dict"])
 
 
@@ -448,3 +453,19 @@ def test_the_tiny_students_pipeline_config_plans_rows_with_a_fixed_teacher() -> 
     options = pipeline.cell_config(config, 1, student)["model"]["init_args"]
     assert options["teacher_ckpt"] == str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
     assert options["distillation_options"] == {"prediction_weighting": True}
+    # the issue-22 study rows: pipeline teachers (mixed for logit MSE, meta for the Meta-KD weights)
+    students = ("textcnn_pc128", "textcnn_m2v128", "bilstm_final", "pqrnn_features")
+    config["methods"] = [f"{s}_{m}" for s in students for m in ("none", "mse", "metaw")]
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    teachers = {name for name, cell in cells.items() if cell.kind == "teacher"}
+    assert teachers == {"teacher/mixed", "teacher/meta"}
+    rows = (("textcnn_m2v128_mse", "mixed", "tang"), ("pqrnn_features_metaw", "meta", "meta_logit"))
+    for row, teacher, method in rows:
+        cell = pipeline.cell_config(config, 1, cells[f"student/{row}/books"])
+        init = cell["model"]["init_args"]
+        assert init["distillation"] == method and f"teacher/{teacher}/" in init["teacher_ckpt"]
+    cell = pipeline.cell_config(config, 1, cells["student/pqrnn_features_metaw/books"])
+    assert cell["data"]["init_args"]["backbone"] == "pqrnn-features"
+    assert cell["model"]["init_args"]["cache_teacher_outputs"] == "logits"
+    m2v = pipeline.cell_config(config, 1, cells["student/textcnn_m2v128_none/books"])["model"]["init_args"]
+    assert m2v["student_model"]["init_args"]["embedding_init"] == "model2vec" and m2v["teacher_ckpt"] is None
