@@ -200,6 +200,8 @@ class PQRNNStudent(StudentModel):
 
     def project(self, input_ids: Tensor) -> Tensor:
         """The projection (B, W, P) of the words of ``input_ids`` (B, W * features_per_word)."""
+        if self.features_per_word == 1:  # one id a position (a vocabulary tokenizer): its ternary vector
+            return ternary_projection(input_ids, self.hash_a, self.hash_b)
         slots = input_ids.reshape(input_ids.shape[0], -1, self.features_per_word)
         present = (slots != 0).unsqueeze(-1)
         ternary = ternary_projection(slots, self.hash_a, self.hash_b) * present
