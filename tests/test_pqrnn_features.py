@@ -153,7 +153,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_distil_from_a_teacher_reading_its_own_tokens_then_int8(setup: dict[str, Any]) -> None:
     from datamodules import JsonlDataModule
-    from metakd.classify import TextClassifier
+    from metakd.inference import TextClassifier
     from metakd.export import export_student
 
     root = setup["root"]
