@@ -153,8 +153,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_distil_from_a_teacher_reading_its_own_tokens_then_int8(setup: dict[str, Any]) -> None:
     from datamodules import JsonlDataModule
-    from metakd.inference import TextClassifier
     from metakd.export import export_student
+    from metakd.inference import TextClassifier
 
     root = setup["root"]
     data = JsonlDataModule(backbone="pqrnn-features", target_domain="books", **setup["data"])
