@@ -53,7 +53,12 @@ def _sha(payload: Any) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A content hash of a tokenizer: what it does to text, not where it was loaded from."""
+    """A content hash of a tokenizer: what it does to text, not where it was loaded from (a pQRNN
+    featurizer, ``metakd.text_features``, hashes its settings)."""
+    from metakd.text_features import TextFeaturizer
+
+    if isinstance(tokenizer, TextFeaturizer):
+        return tokenizer.fingerprint()
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -437,6 +442,23 @@ class MultiDomainDataModule(LightningDataModule):
             keep = stratified_subset([records[i]["label"] for i in positions], self.train_fraction, self.seed)
             positions = [positions[k] for k in keep]
         return positions
+
+    def with_backbone(self, backbone: str) -> MultiDomainDataModule:
+        """The same examples (same splits, selection, augmentation and ``example_ids``) tokenised by
+        another backbone's tokenizer, set up: a teacher's view of a student's data when the student reads
+        other ids (a pQRNN featurizer). Itself when ``backbone`` is its own."""
+        if backbone == self.backbone:
+            return self
+        view = type(self)(**{**dict(self.hparams), "backbone": backbone})
+        view.setup()
+        return view
+
+    def loaded_records(self, split: str) -> list[Record]:
+        """The records of ``split`` this datamodule loads (after ``target_domain`` and ``train_fraction``,
+        without augmented examples), each with its ``example_id``: for a model trained outside Lightning
+        on the same examples (e.g. ``benchmarks/model2vec_peer.py``)."""
+        raw = self.raw_splits()[split]
+        return [{**raw[i], "example_id": i} for i in self._selected_positions(split)]
 
     def _count(self, records: list[Record]) -> dict[str, int]:
         counts = Counter(r["domain"] for r in records)

@@ -70,9 +70,15 @@ def _load_failure(name: str, err: Exception) -> BackboneError:
 
 
 def load_tokenizer(name: str, **kwargs: Any):
-    """``AutoTokenizer.from_pretrained`` on a resolved backbone name, with a clear error."""
+    """``AutoTokenizer.from_pretrained`` on a resolved backbone name, with a clear error; a pQRNN
+    featurizer preset or directory (:mod:`metakd.text_features`) gives that featurizer instead."""
     from transformers import AutoTokenizer
 
+    from metakd.text_features import featurizer_for
+
+    featurizer = featurizer_for(name) if isinstance(name, str) else None
+    if featurizer is not None:
+        return featurizer
     path = resolve_backbone(name)
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
@@ -157,8 +163,11 @@ def load_classifier(name: str, **kwargs: Any):
 
 @lru_cache(maxsize=16)
 def tokenizer_signature(name: str) -> tuple[str, int, str]:
-    """``(name_or_path, vocabulary size, sha256 of the vocabulary)`` of a backbone's tokenizer."""
+    """``(name_or_path, vocabulary size, sha256 of the vocabulary)`` of a backbone's tokenizer (a pQRNN
+    featurizer: its id space and the hash of its settings)."""
     tokenizer = load_tokenizer(name)
+    if hasattr(tokenizer, "fingerprint"):
+        return str(tokenizer.name_or_path), len(tokenizer), tokenizer.fingerprint()
     vocab = sorted(tokenizer.get_vocab().items())
     digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
     return str(getattr(tokenizer, "name_or_path", name)), len(tokenizer), digest

@@ -164,6 +164,8 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
         self.tokenizer_name = self.tokenizer_name or student_backbone
         if self.teacher_source is not None:
             self.teacher_source.check_tokenizer(self.tokenizer_name)
+            requests = [teacher_request(s) for s in self.stages if s.teacher_needs()]
+            self.teacher_source.check_own_tokens(cache_teacher_outputs, requests)
 
         self.num_labels = num_labels
         self.model = student_from_arguments(
@@ -247,7 +249,8 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
             and request.logits_only
             and hasattr(datamodule, "train_eval_dataloader")
         ):
-            self.teacher_source.prefill_logits(datamodule.train_eval_dataloader(), self.device)
+            view = self.teacher_source.view(datamodule)  # the teacher's own tokenization, if it needs one
+            self.teacher_source.prefill_logits(view.train_eval_dataloader(), self.device)
 
     def _train_parts(self, stage: Stage) -> None:
         """Only the stage's ``trains`` parts train (all that the architecture left trainable without)."""

@@ -99,6 +99,8 @@ class FrozenTeacher:
         self._check_labels(list(label_names))
         self.domain_map = self._map_domains(list(domain_names), target_domain, teacher_domain)
         self.forward_calls = 0
+        self.reads_own_tokens = False  # the data's tokenizer is a featurizer: see check_tokenizer
+        self._view: tuple[Any, Any] | None = None
         self.cache: TeacherOutputCache | None = None
         self._cache_dir: Path | None = None
         self._cache_dirty = False
@@ -193,10 +195,53 @@ class FrozenTeacher:
         return mapping
 
     def check_tokenizer(self, data_tokenizer: str) -> None:
+        """The data's tokenizer must be the teacher's, unless it is a pQRNN featurizer
+        (:mod:`metakd.text_features`), whose ids the teacher cannot read: then the teacher reads its own
+        tokenization of the same examples (:meth:`view`) into the logits cache, and the student's steps
+        read its logits by ``example_ids`` (``reads_own_tokens``)."""
         from metakd.backbones import check_same_tokenizer
+        from metakd.text_features import featurizer_for
 
+        if featurizer_for(data_tokenizer) is not None:
+            if self.tokenizer_name is None:
+                raise StudentConfigError(
+                    f"the data's tokenizer {data_tokenizer!r} is a pQRNN featurizer, so the teacher must "
+                    f"tokenise the examples itself, but the teacher {self.source!r} ships no tokenizer"
+                )
+            self.reads_own_tokens = True
+            return
         if self.tokenizer_name is not None:
             check_same_tokenizer(self.tokenizer_name, "teacher", data_tokenizer, "data")
+
+    def check_own_tokens(self, mode: CacheMode, requests: Sequence[TeacherRequest]) -> None:
+        """Refuse what a teacher reading its own tokenization cannot give: token features, or a step
+        without the logits cache."""
+        if not self.reads_own_tokens:
+            return
+        if any(not request.logits_only for request in requests):
+            raise StudentConfigError(
+                "the student's data are pQRNN features, which the teacher cannot read: only methods that "
+                "read the teacher's logits work (e.g. tang, vanilla, meta_logit, meta with stage: prediction)"
+            )
+        if mode == "none":
+            raise StudentConfigError(
+                "the student's data are pQRNN features: the teacher's logits come from its own tokenization "
+                "by example id; set model.init_args.cache_teacher_outputs: logits"
+            )
+
+    def view(self, datamodule: Any) -> Any:
+        """The datamodule the teacher reads: ``datamodule`` itself, or (``reads_own_tokens``) the same
+        examples tokenised by the teacher's tokenizer (``MultiDomainDataModule.with_backbone``)."""
+        if not self.reads_own_tokens or datamodule is None:
+            return datamodule
+        if self._view is None or self._view[0] is not datamodule:
+            if not hasattr(datamodule, "with_backbone"):
+                raise StudentConfigError(
+                    f"{type(datamodule).__name__} cannot tokenise its examples for the teacher (no "
+                    "with_backbone); a pQRNN featurizer needs a metakd MultiDomainDataModule"
+                )
+            self._view = (datamodule, datamodule.with_backbone(self.tokenizer_name))
+        return self._view[1]
 
     def prepare(self, request: TeacherRequest) -> None:
         """Switch to eager attention when attention maps will be read (sdpa returns none)."""
@@ -220,7 +265,16 @@ class FrozenTeacher:
             cached = self.cache.lookup(example_ids, batch["attention_mask"], not request.logits_only)
             if cached is not None:
                 return TeacherOutputs(*cached)
+        if self.reads_own_tokens:
+            raise StudentConfigError(
+                "teacher logits missing for a batch of pQRNN features (the teacher reads its own "
+                "tokenization only when the logits cache is filled, at the start of each epoch)"
+            )
+        return self._forward_and_store(batch, request)
+
+    def _forward_and_store(self, batch: Mapping[str, Tensor], request: TeacherRequest) -> TeacherOutputs:
         result = self.forward(batch, request)
+        example_ids = batch.get("example_ids")
         if self.cache is not None and example_ids is not None:
             self.cache.store(example_ids, batch["attention_mask"], result)
             self._cache_dirty = True
@@ -257,6 +311,7 @@ class FrozenTeacher:
         if mode == "none":
             self.cache = None
             return
+        datamodule = self.view(datamodule)
         fingerprint = getattr(datamodule, "data_fingerprint", None)
         size = train_id_count(datamodule)
         if fingerprint is None or size is None:
@@ -301,13 +356,14 @@ class FrozenTeacher:
             if bool(self.cache.filled[batch["example_ids"]].all()):
                 continue
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            self.outputs(batch, TeacherRequest())
+            self._forward_and_store(batch, TeacherRequest())
 
     # ------------------------------------------------------------------ transferability
     def transferability(self, datamodule: Any) -> Tensor:
         """t_i by ``example_ids``: a MetaTeacher's stored scores when the pooled split matches, else
-        recomputed from its stored prototypes (:meth:`TeacherSource.transferability`)."""
-        return self.origin.transferability(datamodule, self.domain_map)
+        recomputed from its stored prototypes (:meth:`TeacherSource.transferability`; on the teacher's own
+        tokenization of the examples when it reads one, :meth:`view`)."""
+        return self.origin.transferability(self.view(datamodule), self.domain_map)
 
 
 def _keep(states: Sequence[Tensor] | None, used: set[int] | frozenset[int]) -> tuple | None:

@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
-
-from metakd.distill.base import Distiller, Stage, StepContext, register_distiller
+from metakd.distill.base import Distiller, Stage, register_distiller
 from metakd.distill.layer_maps import LayerMatch
-from metakd.distill.losses import domain_expertise, instance_weights
+from metakd.distill.meta_weights import MetaInstanceWeights, MetaWeighted
 from metakd.distill.terms import HardCE, LayerMatches, LogitKD, TransferableMSE
 from metakd.errors import StudentConfigError
-from metakd.prototypes import parse_transferability_scale, rescale_transferability
 
 
 def prediction_stage(temperature: float, t2_scaling: bool, hard_label_weight: float, lr: float) -> Stage:
@@ -112,7 +109,7 @@ class TinyBERTKD(Distiller):
 
 
 @register_distiller("meta")
-class MetaKD(TinyBERTKD):
+class MetaKD(MetaWeighted, TinyBERTKD):
     """Meta-distillation (Pan et al. 2021): TinyBERT-KD's stages, the intermediate one weighted per
     instance by ``w_i = (1 + t_i) * sigma_i`` (transferability from the meta-teacher's prototypes times
     the teacher's domain expertise) and with the transferable-knowledge term ``lambda_tk * L_tk``.
@@ -124,7 +121,8 @@ class MetaKD(TinyBERTKD):
     MetaTeacher option of that name; ``metakd.prototypes.rescale_transferability``).
     ``prediction_weighting`` (off in the paper) weights the prediction stage by the same ``w_i``: with
     ``stage: prediction`` it is Meta-KD for a student without token states or attention maps (BiLSTM,
-    TextCNN, pQRNN), whose intermediate stage cannot run.
+    TextCNN, pQRNN), whose intermediate stage cannot run; ``meta_logit``
+    (:mod:`metakd.distill.meta_weights`) puts the same weights on Tang et al.'s logit losses.
     """
 
     label = "Meta-KD"
@@ -159,15 +157,12 @@ class MetaKD(TinyBERTKD):
         if lambda_tk < 0:
             raise StudentConfigError(f"lambda_tk must be >= 0, got {lambda_tk}")
         self.transferable_weight = lambda_tk if use_transferable else 0.0
-        self.weight_transferability = instance_weighting and transferability_weights
-        self.weight_expertise = instance_weighting and expertise_weights
-        try:
-            parse_transferability_scale(transferability_scale)
-        except ValueError as err:
-            raise StudentConfigError(f"distillation_options.{err}") from None
-        self.transferability_scale = transferability_scale
+        self.weights = MetaInstanceWeights(
+            instance_weighting and transferability_weights,
+            instance_weighting and expertise_weights,
+            transferability_scale,
+        )
         self.prediction_weighting = prediction_weighting
-        self.transferability: Tensor | None = None
 
     def stages(self) -> list[Stage]:
         stages = super().stages()
@@ -175,21 +170,6 @@ class MetaKD(TinyBERTKD):
         return stages
 
     def setup(self, teacher: Any, datamodule: Any, stages: list[Stage], device: Any = None) -> None:
-        """Read t_i once (by ``example_ids``) when a weighted stage will run with the t_i factor."""
-        if self.weight_transferability and any(stage.weighted for stage in stages):
-            t = rescale_transferability(teacher.transferability(datamodule), self.transferability_scale)
-            self.transferability = t.to(device) if device is not None else t
-
-    def instance_weights(self, step: StepContext) -> Tensor | None:
-        if not (self.weight_transferability or self.weight_expertise):
-            return None
-        labels = step.batch["labels"]
-        expertise = domain_expertise(step.teacher.logits, labels) if self.weight_expertise else None
-        if self.weight_transferability:
-            t = self.transferability[step.batch["example_ids"]]
-            if bool(t.isnan().any()):
-                raise StudentConfigError("some training examples have no transferability score (NaN t_i)")
-            if expertise is None:
-                return (1.0 + t).detach()
-            return instance_weights(t, expertise)
-        return expertise
+        """Read t_i once (by ``example_ids``) when a weighted stage will run."""
+        if any(stage.weighted for stage in stages):
+            self.weights.setup(teacher, datamodule, device)

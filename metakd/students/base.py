@@ -151,6 +151,12 @@ class StudentModel(nn.Module):
         forward's; an early-exit student exits early here while its forward runs every layer."""
         return self(input_ids, attention_mask, token_type_ids).logits
 
+    def for_export(self) -> nn.Module:
+        """The module ONNX export traces (the same logits as this model in eval mode). Default: the model
+        itself; a quantisation-aware student returns a copy whose weights sit on their int8 grid, without
+        the fake quantisation ops, so that dynamic int8 quantisation finds plain weights."""
+        return self
+
     def export_onnx_extras(
         self, out_dir: Path, probe: dict[str, Tensor], opset: int, atol: float
     ) -> dict[str, Any]:
