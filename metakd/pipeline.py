@@ -1224,6 +1224,14 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
                     }
         labels = {method: row_spec(method, config.get("variants")).label for method in methods}
         out["scarcity"] = {"domains": scarcity_domains, "labels": labels, "points": points}
+        from metakd import scarcity_report  # scarcity.compare's intervals, L2A's selection probabilities
+
+        out["scarcity"]["comparisons"] = scarcity_report.scarcity_comparisons(
+            config, points, lambda s, c: cell_dir(config, s, c) / PREDICTIONS_FILE
+        )
+        out["scarcity"]["selection"] = scarcity_report.selection_spread(
+            points, lambda s, c: cell_dir(config, s, c), seeds
+        )
     if "zero_shot" in config["studies"]:
         domain, _, stand_in = zero_shot_settings(config)
         out["zero_shot"] = {
@@ -1393,6 +1401,9 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         if scarcity.get("plot"):
             lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
         lines.append("")
+        from metakd import scarcity_report
+
+        lines += scarcity_report.render(scarcity, scarcity["labels"])
     if "zero_shot" in summary and summary["zero_shot"]:
         zero = summary["zero_shot"]
         lines += ["## Zero-shot", "", "| Meta-KD student | domain | test accuracy |", "| --- | --- | ---: |"]
