@@ -173,6 +173,7 @@ class L2ASelector(pl.Callback):
         self.steps = 0
         self.history: list[dict[str, Any]] = []
         self.reward_batches: list[dict[str, Tensor]] = []
+        self.restored = False
 
     # ------------------------------------------------------------------ set-up
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,7 +186,7 @@ class L2ASelector(pl.Callback):
             )
         if getattr(pl_module, "teacher_source", None) is None:
             raise ValueError("L2ASelector: a candidate's state reads the teacher; use a method with one")
-        if self.seed is None and not self.history:  # not on a resume: the generator's state was loaded
+        if self.seed is None and not self.restored:  # on a resume the generator's state was loaded
             self.generator.manual_seed(torch.initial_seed())
         self.first_id = int(datamodule.num_pooled_train)
         if [r["example_id"] for r in rows] != list(range(self.first_id, self.first_id + len(rows))):
@@ -350,3 +351,4 @@ class L2ASelector(pl.Callback):
         self.steps, self.history = state_dict["steps"], list(state_dict["history"])
         self.generator.set_state(state_dict["generator"])
         self.previous_loss = None  # measured again before the next step
+        self.restored = True
