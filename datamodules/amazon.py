@@ -12,6 +12,9 @@ from datamodules.readers import iter_records, label_index, require_field, requir
 AMAZON_DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 AMAZON_LABELS = ["negative", "positive"]
 DATA_DIR = Path(__file__).parent / "data" / "amazon"
+EXTRA_DIR = Path(__file__).parent / "data" / "amazon_extra"
+"""Per domain: ``<domain>.test_large.jsonl.gz`` (labelled, not among the 2000) and
+``<domain>.unlabeled.jsonl.gz`` (transfer sets); provenance in ``data/README.md``, section 3."""
 
 
 class AmazonReviewsDataModule(MultiDomainDataModule):
@@ -59,6 +62,26 @@ class AmazonReviewsDataModule(MultiDomainDataModule):
 
     def _split_rule(self) -> str:
         return f"pool books,dvd,electronics,kitchen; stratified 10% test, then 10% dev; seed={self.seed}"
+
+    def _extra_test_sets(self) -> list[str]:
+        return ["test_large"]
+
+    def _read_test_set(self, name: str) -> list[Record]:
+        """``test_large``: per domain about 1900 labelled reviews from FDU-MTL that are not among the 2000
+        (near-duplicates of them removed), lowercased and tokenised as FDU-MTL ships them; no titles. In
+        the order books, dvd, electronics, kitchen, each file in its own order."""
+        records: list[Record] = []
+        for domain in AMAZON_DOMAINS:
+            path = EXTRA_DIR / f"{domain}.{name}.jsonl.gz"
+            for lineno, rec in iter_records(path):
+                text = require_text(rec, "text", path, lineno)
+                label = label_index(require_field(rec, "label", path, lineno), AMAZON_LABELS, path, lineno)
+                if rec.get("domain", domain) != domain:
+                    raise DataError(
+                        f"{path}:{lineno}: domain {rec.get('domain')!r} in the file of {domain!r}"
+                    )
+                records.append({"text": text, "label": label, "domain": domain})
+        return records
 
     def _compose(self, title: str, text: str) -> str:
         title = title.strip()

@@ -209,6 +209,7 @@ class MultiDomainDataModule(LightningDataModule):
         seed: int = 11111,
         cache_dir: str | None = None,
         augment: dict[str, Any] | None = None,
+        test_set: str = "test",
     ):
         """
         Args:
@@ -231,6 +232,10 @@ class MultiDomainDataModule(LightningDataModule):
             augment: add augmented examples to the loaded training split:
                 ``{class_path: <augmenter>, init_args: {...}, per_example: n}`` (``datamodules.augment``;
                 e.g. ``eda``). Dev and test are never augmented.
+            test_set: what ``test_dataloader()`` serves: ``test`` (the corpus's test split) or another
+                labelled evaluation set the corpus offers (:meth:`evaluation_sets`; Amazon:
+                ``test_large``, about 1900 further reviews per domain). ``target_domain`` applies to it;
+                its ``example_ids`` index that set (restricted to ``domains``).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -255,6 +260,7 @@ class MultiDomainDataModule(LightningDataModule):
         self.train_fraction = None if train_fraction is None else float(train_fraction)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.augment = parse_augment(augment)
+        self.test_set = test_set
 
         corpus_domains = list(self._corpus_domains())
         self.label_names: list[str] = list(self._corpus_label_names())
@@ -281,7 +287,13 @@ class MultiDomainDataModule(LightningDataModule):
                 f"known domains: {self.domain_names}"
             )
         self.target_domain = target_domain
+        if test_set not in self.evaluation_sets():
+            raise DataError(
+                f"{self.corpus_name}: test_set {test_set!r} is not an evaluation set of this corpus; "
+                f"choose from {self.evaluation_sets()}"
+            )
 
+        self._extra_test: list[Record] | None = None
         self._raw: dict[str, list[Record]] | None = None
         self._tokenizer: Any = None
         self._setup_done = False
@@ -317,6 +329,21 @@ class MultiDomainDataModule(LightningDataModule):
     def _split_rule(self) -> str:
         """A description of how the splits were made (part of ``split_fingerprint``)."""
         raise NotImplementedError
+
+    def _extra_test_sets(self) -> list[str]:
+        """Names of the labelled evaluation sets besides ``test`` that :meth:`_read_test_set` reads."""
+        return []
+
+    def _read_test_set(self, name: str) -> list[Record]:
+        """The records of the evaluation set ``name`` (one of :meth:`_extra_test_sets`), all domains.
+
+        They are never part of train/val/test nor of ``split_fingerprint``; the subclass guarantees that
+        they do not overlap the corpus's splits."""
+        raise NotImplementedError
+
+    def evaluation_sets(self) -> list[str]:
+        """The values ``test_set`` accepts: ``test`` and the corpus's further labelled sets."""
+        return ["test", *self._extra_test_sets()]
 
     # ------------------------------------------------------------------ raw (untokenised) splits
     def raw_splits(self) -> dict[str, list[Record]]:
@@ -383,9 +410,21 @@ class MultiDomainDataModule(LightningDataModule):
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ selection and sizes
+    def split_records(self, split: str) -> list[Record]:
+        """The pooled records of ``split`` as loaded: for ``test``, the set ``test_set`` names (restricted
+        to ``domain_names``); ``example_ids`` index these lists."""
+        if split != "test" or self.test_set == "test":
+            return self.raw_splits()[split]
+        if self._extra_test is None:
+            keep = set(self.domain_names)
+            records = [r for r in self._read_test_set(self.test_set) if r["domain"] in keep]
+            self._check_records({"train": self.raw_splits()["train"], "val": records, "test": records})
+            self._extra_test = records
+        return self._extra_test
+
     def _selected_positions(self, split: str) -> list[int]:
         """Positions in the pooled split that are loaded (``target_domain``, then ``train_fraction``)."""
-        records = self.raw_splits()[split]
+        records = self.split_records(split)
         positions = [
             i
             for i, r in enumerate(records)
@@ -401,16 +440,15 @@ class MultiDomainDataModule(LightningDataModule):
         return {d: counts.get(d, 0) for d in self.domain_names}
 
     def pooled_split_sizes(self) -> dict[str, dict[str, int]]:
-        """split -> domain -> number of examples in the pooled splits (before target/fraction filtering)."""
-        raw = self.raw_splits()
-        return {split: self._count(raw[split]) for split in SPLITS}
+        """split -> domain -> number of examples in the pooled splits (before target/fraction filtering;
+        ``test``: the set ``test_set`` names)."""
+        return {split: self._count(self.split_records(split)) for split in SPLITS}
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         """split -> domain -> number of examples loaded (after ``target_domain``/``train_fraction``)."""
-        raw = self.raw_splits()
         if not self._sizes:
             self._sizes = {
-                split: self._count([raw[split][i] for i in self._selected_positions(split)])
+                split: self._count([self.split_records(split)[i] for i in self._selected_positions(split)])
                 for split in SPLITS
             }
         return {split: dict(sizes) for split, sizes in self._sizes.items()}
@@ -457,12 +495,13 @@ class MultiDomainDataModule(LightningDataModule):
         datasets = {}
         for split in SPLITS:
             positions = self._selected_positions(split)
-            records = [raw[split][i] for i in positions]
+            records = [self.split_records(split)[i] for i in positions]
             if split == "train":
                 self.augmented_train = self._augmented_train(raw["train"], positions)
                 records = records + self.augmented_train
                 positions = positions + [r["example_id"] for r in self.augmented_train]
-            datasets[split] = self._tokenize(split, records, positions)
+            name = self.test_set if split == "test" else split  # its own cache file
+            datasets[split] = self._tokenize(name, records, positions)
         self.train_dataset, self.val_dataset, self.test_dataset = (datasets[s] for s in SPLITS)
         self._full_train_dataset = self.train_dataset
         self.num_train_ids = self.num_pooled_train + len(self.augmented_train)

@@ -45,6 +45,7 @@ class JsonlDataModule(MultiDomainDataModule):
         label_field: str = "label",
         domain_field: str = "domain",
         label_names: list[str] | None = None,
+        extra_test_files: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         """The shared arguments (``backbone``, ``max_length``, ``batch_size``, ``domains``,
@@ -61,6 +62,9 @@ class JsonlDataModule(MultiDomainDataModule):
             domain_field: field with the domain name.
             label_names: the labels in index order. Default: inferred from the train file: the sorted
                 names, or ``"0".."max"`` when all labels are integers.
+            extra_test_files: further labelled evaluation sets by name, e.g. ``{large: big_test.jsonl}``
+                (same fields): ``test_set: large`` tests on it (a pipeline's ``test_sets``). They must
+                not overlap the other files; their domains outside the corpus's are left out.
         """
         self.train_file = train_file
         self.val_file = val_file
@@ -70,6 +74,10 @@ class JsonlDataModule(MultiDomainDataModule):
         self.label_field = label_field
         self.domain_field = domain_field
         self._given_label_names = list(label_names) if label_names is not None else None
+        self.extra_test_files = dict(extra_test_files or {})
+        bad = [n for n in self.extra_test_files if not isinstance(n, str) or not n or n == "test"]
+        if bad:
+            raise DataError(f"extra_test_files: names must be non-empty and not 'test', got {bad}")
         self._scan()
         super().__init__(**kwargs)
         # The hparams carry the label set actually used, so they agree with the model's linked
@@ -114,6 +122,7 @@ class JsonlDataModule(MultiDomainDataModule):
 
     def _scan(self) -> None:
         files = {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+        files.update({f"extra:{name}": path for name, path in self.extra_test_files.items()})
         rows = {split: self._read_file(path) for split, path in files.items() if path is not None}
         if self._given_label_names is not None:
             if not self._given_label_names or len(set(self._given_label_names)) != len(
@@ -136,7 +145,9 @@ class JsonlDataModule(MultiDomainDataModule):
                     record["text_pair"] = pair
                 records.append(record)
             self._records[split] = records
-        self._domains = sorted({r["domain"] for records in self._records.values() for r in records})
+        self._domains = sorted(
+            {r["domain"] for split, records in self._records.items() if ":" not in split for r in records}
+        )
 
     # ------------------------------------------------------------------ hooks
     def _corpus_domains(self) -> list[str]:
@@ -144,6 +155,12 @@ class JsonlDataModule(MultiDomainDataModule):
 
     def _corpus_label_names(self) -> list[str]:
         return list(self._label_names)
+
+    def _extra_test_sets(self) -> list[str]:
+        return list(self.extra_test_files)
+
+    def _read_test_set(self, name: str) -> list[Record]:
+        return list(self._records[f"extra:{name}"])
 
     def _split_rule(self) -> str:
         carved = [s for s, f in (("val", self.val_file), ("test", self.test_file)) if f is None]

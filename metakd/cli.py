@@ -3,7 +3,8 @@
 
 Every command runs inside :func:`metakd.errors.run_with_error_boundary`: bad input (a data file, an
 option value, a checkpoint) ends it with ``error: <message>`` on stderr and exit status 2;
-``--traceback`` or ``METAKD_TRACEBACK=1`` adds the full traceback.
+``--traceback`` or ``METAKD_TRACEBACK=1`` adds the full traceback. SIGINT (Ctrl-C) and SIGTERM stop it
+within seconds with one ``interrupted by ...`` line and exit status 130 / 143 (:mod:`metakd.interrupt`).
 
 Configs name the classes, e.g. ``model.class_path: metakd.MetaTeacher`` and
 ``data.class_path: datamodules.AmazonReviewsDataModule``. The datamodule's label and domain sets are
@@ -31,6 +32,7 @@ from metakd.errors import (
     traceback_requested,
     unwrap,
 )
+from metakd.interrupt import Interrupted, describe_stopped_trainer, run_stoppable
 
 # Attributes every datamodule exposes after __init__, and the model init arg each one fills.
 DATA_TO_MODEL_LINKS = {
@@ -107,6 +109,14 @@ class MetaKDCLI(LightningCLI):
 
     def after_fit(self) -> None:
         link_best_checkpoint(self.trainer)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Interrupted as stop:  # say where the run stopped and how to resume it
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            stop.detail, stop.resume = describe_stopped_trainer(self.trainer, subcommand, ckpt_path)
+            raise
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -344,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m metakd`` and the ``metakd`` script; returns the exit status.
 
     ``--traceback`` (anywhere) is taken out of the arguments and shows the traceback of a bad-input error.
+    A SIGINT or SIGTERM ends the command with one line and exit status 130 / 143.
     """
+    return run_stoppable(lambda: run_main(argv))
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """:func:`main` without the stop handling (``python -m metakd`` installs it before importing this)."""
     words = list(sys.argv[1:] if argv is None else argv)
     show_traceback = traceback_requested(words)
     if TRACEBACK_FLAG in words:

@@ -299,13 +299,15 @@ def annotate(exc: BaseException, where: str) -> BaseException:
 
 
 def main_with_boundary(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """``main`` wrapped for a module's ``if __name__ == "__main__"`` block (``--traceback`` honoured)."""
+    """``main`` wrapped for a module's ``if __name__ == "__main__"`` block (``--traceback`` honoured; a
+    SIGINT/SIGTERM stops it with one line and exit 130/143: :mod:`metakd.interrupt`)."""
+    from metakd.interrupt import run_stoppable
 
     def wrapped(argv: list[str] | None = None) -> int:
         words = list(sys.argv[1:] if argv is None else argv)
         show = traceback_requested(words)
         words = [w for w in words if w != TRACEBACK_FLAG]
-        return run_with_error_boundary(lambda: main(words), show_traceback=show)
+        return run_stoppable(lambda: run_with_error_boundary(lambda: main(words), show_traceback=show))
 
     return wrapped
 

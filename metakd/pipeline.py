@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -55,7 +56,9 @@ from typing import Any
 
 import yaml
 
+from metakd import cellstore
 from metakd.errors import MetakdError, main_with_boundary
+from metakd.interrupt import Interrupted, interrupted_exit, note, run_child
 from metakd.stats import mean_std
 from metakd.utils import write_json
 
@@ -189,8 +192,22 @@ class PipelineError(MetakdError, RuntimeError):
 # callback used inside the cells' test runs
 
 
+def test_set_path(path: str | Path, test_set: str | None) -> Path:
+    """``path`` for the test set ``test_set``: unchanged for ``test`` (the corpus's test split), else with
+    ``_<test_set>`` before the suffix (``predictions.jsonl`` -> ``predictions_test_large.jsonl``)."""
+    path = Path(path)
+    if test_set in (None, "test"):
+        return path
+    return path.with_name(f"{path.stem}_{test_set}{path.suffix}")
+
+
+def _test_set_of(trainer: Any) -> str | None:
+    return getattr(getattr(trainer, "datamodule", None), "test_set", None)
+
+
 class TestMetricsWriter(_Callback):  # type: ignore[misc,valid-type]
-    """Writes ``trainer.callback_metrics`` of a test run (``test/*``) to ``path`` as JSON, atomically."""
+    """Writes ``trainer.callback_metrics`` of a test run (``test/*``) to ``path`` as JSON, atomically (for a
+    datamodule's other ``test_set``, to :func:`test_set_path`)."""
 
     __test__ = False  # not a pytest class
 
@@ -205,7 +222,7 @@ class TestMetricsWriter(_Callback):  # type: ignore[misc,valid-type]
 
         metrics = scalar_metrics(trainer.callback_metrics, prefix="test/")
         payload = {"metrics": metrics, "ckpt_path": str(getattr(trainer, "ckpt_path", None) or "")}
-        write_json(Path(self.path), payload)
+        write_json(test_set_path(self.path, _test_set_of(trainer)), payload)
 
 
 class DevCurveWriter(_Callback):  # type: ignore[misc,valid-type]
@@ -308,7 +325,7 @@ class PredictionsWriter(_Callback):  # type: ignore[misc,valid-type]
             )
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        path = Path(self.path)
+        path = test_set_path(self.path, _test_set_of(trainer))
         if trainer.world_size > 1:
             path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
         if not self.rows:
@@ -393,6 +410,7 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("ablation_budget", config["budgets"][0] if config["budgets"] else "B")
     config.setdefault("compare_to", "meta")
     config.setdefault("keep_checkpoints", {"teacher": "all", "student": "all"})
+    config.setdefault("test_sets", ["test"])
     check_choices(path, config)
     return config
 
@@ -452,6 +470,17 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             raise PipelineError(
                 f"{path}: ablations names {name!r}, neither a `variants` entry nor a registry method"
             )
+    test_sets = config["test_sets"]
+    if (
+        not isinstance(test_sets, list)
+        or not test_sets
+        or not all(isinstance(t, str) and t for t in test_sets)
+        or len(set(test_sets)) < len(test_sets)
+    ):
+        raise PipelineError(
+            f"{path}: `test_sets` must be a list of distinct evaluation set names (e.g. [test, test_large]), "
+            f"got {test_sets!r}"
+        )
     keep = config["keep_checkpoints"]
     if (
         not isinstance(keep, dict)
@@ -676,36 +705,88 @@ def search_cell_name(method: str, domain: str) -> str:
     return f"search/{method}/{domain}"
 
 
-def config_identity(config: dict[str, Any]) -> Any:
-    """What decides whether a finished cell can be reused: its config without the pipeline's own
-    recording callbacks (``metakd.pipeline.*``: they write files and change no number), as plain JSON."""
-    plain = json.loads(json.dumps(config))
-    trainer = plain.get("trainer") if isinstance(plain, dict) else None
-    if isinstance(trainer, dict) and isinstance(trainer.get("callbacks"), list):
-        trainer["callbacks"] = [
-            c
-            for c in trainer["callbacks"]
-            if not (isinstance(c, dict) and str(c.get("class_path", "")).startswith("metakd.pipeline."))
-        ]
-    return plain
+def store_dir(config: dict[str, Any]) -> Path:
+    """The local cell store (``store_dir``; default ``store`` beside ``runs_dir``): one folder per cell key,
+    shared by every pipeline config whose ``runs_dir`` has the same parent (:mod:`metakd.cellstore`)."""
+    return Path(config.get("store_dir") or Path(config["runs_dir"]).parent / "store")
+
+
+def results_store(config: dict[str, Any]) -> Path:
+    """Where the cells' result files are written and read (``results_store``; default
+    ``<results_dir>/cells``): the files to commit."""
+    return Path(config.get("results_store") or Path(config["results_dir"]) / "cells")
+
+
+_PLAN_CACHE: dict[str, dict[str, Cell]] = {}
+
+
+def planned_cell(config: dict[str, Any], name: str) -> Cell:
+    """The planned cell called ``name`` (plans are cached per config)."""
+    fingerprint = json.dumps(
+        {k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True, default=str
+    )
+    if fingerprint not in _PLAN_CACHE:
+        if len(_PLAN_CACHE) > 32:
+            _PLAN_CACHE.clear()
+        _PLAN_CACHE[fingerprint] = {cell.name: cell for cell in plan_cells(config)}
+    cells = _PLAN_CACHE[fingerprint]
+    if name not in cells:
+        raise PipelineError(f"no cell {name!r} in the plan of {config['name']}")
+    return cells[name]
+
+
+def cell_key(config: dict[str, Any], seed: int, cell: Cell | str) -> str:
+    """The store key of a cell (:func:`metakd.cellstore.cell_key` of its config with store-relative paths)."""
+    cell = planned_cell(config, cell) if isinstance(cell, str) else cell
+    return cellstore.cell_key(_cell_config(config, seed, cell, paths=False))
+
+
+def store_path(config: dict[str, Any], seed: int, cell: Cell | str) -> Path:
+    """The cell's folder in the local store."""
+    return store_dir(config) / cell_key(config, seed, cell)
 
 
 def cell_dir(config: dict[str, Any], seed: int, cell: str) -> Path:
+    """The per-config view of a cell, ``<runs_dir>/<name>/<seed>/<cell>``: a symbolic link to its store
+    folder once the cell has run."""
     return Path(config["runs_dir"]) / config["name"] / str(seed) / cell
 
 
 def best_checkpoint(config: dict[str, Any], seed: int, cell: str) -> Path:
-    return cell_dir(config, seed, cell) / "checkpoints" / "best.ckpt"
+    return store_path(config, seed, cell) / "checkpoints" / "best.ckpt"
 
 
 def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
     """The full LightningCLI config of a cell: base config <- budget <- cell overrides <- paths (a search
-    cell: its search config <- target domain <- teacher, out, seed)."""
+    cell: its search config <- target domain <- teacher, out, seed). Its run folder is its store folder."""
+    return _cell_config(config, seed, cell, paths=True)
+
+
+def _cell_config(config: dict[str, Any], seed: int, cell: Cell, paths: bool) -> dict[str, Any]:
+    """:func:`cell_config`; with ``paths`` False, the cells it needs are ``@store/<key>`` and it has no run
+    folder (what its key is computed from)."""
     if cell.kind == "search":
-        return search_cell_config(config, seed, cell)
+        return search_cell_config(config, seed, cell, paths)
+
+    def needed(need: str, *parts: str) -> str:
+        return str(Path(cellstore.STORE_TOKEN, cell_key(config, seed, need), *parts))
+
     merged = deep_merge(config[cell.kind], cell.overrides)
-    directory = cell_dir(config, seed, cell.name)
     merged["seed_everything"] = int(seed)
+    init_args = merged.setdefault("model", {}).setdefault("init_args", {})
+    teachers = [need for need in cell.needs if not need.startswith("search/")]
+    if teachers:
+        init_args["teacher_ckpt"] = needed(teachers[0], "checkpoints", "best.ckpt")
+        merged["data"] = _fill(merged.get("data"), TEACHER_CKPT_PLACEHOLDER, init_args["teacher_ckpt"])
+        # what a student needs from its teacher (logits, ...) is computed once per teacher and data set
+        init_args.setdefault("cache_dir", str(Path(cellstore.STORE_TOKEN, TEACHER_OUTPUTS_DIR)))
+    for need in cell.needs:
+        if need.startswith("search/"):  # the architecture this domain's search derived
+            student_model = init_args.setdefault("student_model", {})
+            student_model.setdefault("init_args", {})["architecture"] = needed(need, "architecture.json")
+    if not paths:
+        return merged
+    directory = store_dir(config) / cellstore.cell_key(merged)
     trainer = merged.setdefault("trainer", {})
     trainer["default_root_dir"] = str(directory)
     callbacks = list(trainer.get("callbacks") or [])
@@ -718,20 +799,14 @@ def cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]
             {"class_path": f"metakd.pipeline.{writer}", "init_args": {"path": str(directory / filename)}}
         )
     trainer["callbacks"] = callbacks
-    init_args = merged.setdefault("model", {}).setdefault("init_args", {})
-    teachers = [need for need in cell.needs if not need.startswith("search/")]
-    if teachers:
-        init_args["teacher_ckpt"] = str(best_checkpoint(config, seed, teachers[0]))
-        merged["data"] = _fill(merged.get("data"), TEACHER_CKPT_PLACEHOLDER, init_args["teacher_ckpt"])
-    for need in cell.needs:
-        if need.startswith("search/"):  # the architecture this domain's search derived
-            student_model = init_args.setdefault("student_model", {})
-            architecture = str(cell_dir(config, seed, need) / "architecture.json")
-            student_model.setdefault("init_args", {})["architecture"] = architecture
-    return merged
+    return cellstore.fill_store(merged, store_dir(config))
 
 
-def search_cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, Any]:
+TEACHER_OUTPUTS_DIR = "teacher_outputs"
+"""The store's folder of teacher outputs (logits on a training set), shared by all of a teacher's students."""
+
+
+def search_cell_config(config: dict[str, Any], seed: int, cell: Cell, paths: bool = True) -> dict[str, Any]:
     """The config of ``python -m metakd search`` for one domain (``variants.<row>.search`` names the file;
     its ``data:`` defaults to the students' ``data:``)."""
     path = Path(cell.overrides["config"])
@@ -743,10 +818,13 @@ def search_cell_config(config: dict[str, Any], seed: int, cell: Cell) -> dict[st
     merged = deep_merge(
         deep_merge({"data": config["student"].get("data", {})}, base), {"data": cell.overrides["data"]}
     )
-    merged["teacher_ckpt"] = str(best_checkpoint(config, seed, cell.needs[0]))
-    merged["out"] = str(cell_dir(config, seed, cell.name))
+    teacher_key = cell_key(config, seed, cell.needs[0])
+    merged["teacher_ckpt"] = str(Path(cellstore.STORE_TOKEN, teacher_key, "checkpoints", "best.ckpt"))
     merged["seed"] = int(seed)
-    return merged
+    if not paths:
+        return merged
+    merged["out"] = str(store_dir(config) / cellstore.cell_key(merged))
+    return cellstore.fill_store(merged, store_dir(config))
 
 
 TEACHER_CKPT_PLACEHOLDER = "@teacher_ckpt"
@@ -794,25 +872,32 @@ def _output_to(log_path: Path) -> Iterator[Any]:
 
 def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float | None) -> int:
     """``python -m metakd <args>`` in a subprocess, or in this process (no interpreter start-up and
-    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way."""
+    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way.
+
+    A stop (SIGINT/SIGTERM: :mod:`metakd.interrupt`) raises :class:`Interrupted`: in this process it stops
+    the run in flight; a subprocess gets the signal forwarded, and its exit 130/143 raises it too."""
     if in_process:
         from metakd.cli import main as cli_main
 
         with _output_to(log_path):
             try:
-                return int(cli_main(args) or 0)
+                code = int(cli_main(args) or 0)
             except SystemExit as exit_:
-                return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+                code = int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
             except Exception:  # noqa: BLE001 - a failed cell must not stop the pipeline
                 traceback.print_exc()
                 return 1
+        signum = interrupted_exit(code)
+        if signum is not None:  # (only without an outer stop handler: otherwise Interrupted propagates)
+            raise note(signum)
+        return code
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "disabled")
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            process = subprocess.run(
+            return run_child(
                 [sys.executable, "-m", "metakd", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -822,79 +907,165 @@ def _run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float |
         except subprocess.TimeoutExpired:
             log.write(f"\n[pipeline] timed out after {timeout} s\n")
             return 124
-    return process.returncode
 
 
 def run_cell(
     config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False
 ) -> tuple[str, float, str]:
-    """Fit and test one cell; returns (status, seconds, message), status done|skipped|failed|blocked."""
-    directory = cell_dir(config, seed, cell.name)
-    result_path = directory / RESULT_FILE
-    full = cell_config(config, seed, cell)
-    if result_path.is_file():
-        stored = json.loads(result_path.read_text(encoding="utf-8")).get("config")
-        if config_identity(stored) == config_identity(full):
-            return "skipped", 0.0, ""
-        # A finished cell is reused only for the very config it was run with: a changed budget or
-        # hyperparameter must not be reported with an older run's numbers.
-        return "failed", 0.0, f"{result_path} comes from another config than this cell's; remove {directory}"
+    """Fit and test one cell in its store folder; returns (status, seconds, message), status
+    done|skipped|failed|blocked. A cell whose key has a result (this or any other config's) is skipped."""
+    directory = store_path(config, seed, cell)
+    _link_view(cell_dir(config, seed, cell.name), directory)
+    if read_result(config, seed, cell.name) is not None:
+        return "skipped", 0.0, ""
     for need in cell.needs:
-        if not (cell_dir(config, seed, need) / RESULT_FILE).is_file():
+        if read_result(config, seed, need) is None:
             return "blocked", 0.0, f"needs {need}"
+    for need in cell.needs:  # a need finished elsewhere (a committed result) but not here: train it again
+        problem = ensure_local(config, seed, planned_cell(config, need), in_process)
+        if problem:
+            return "failed", 0.0, problem
+    return _run_in_store(config, seed, cell, directory, in_process)
+
+
+def _link_view(view: Path, target: Path) -> None:
+    """Point the per-config view ``view`` at the store folder ``target`` (a symbolic link; a real folder
+    left by an older metakd is moved aside to ``<view>.pre-store``)."""
+    target = target.absolute()
+    if view.is_symlink():
+        if Path(os.readlink(view)) == target:
+            return
+        view.unlink()
+    elif view.exists():
+        view.rename(view.with_name(view.name + ".pre-store"))
+    view.parent.mkdir(parents=True, exist_ok=True)
+    view.symlink_to(target, target_is_directory=True)
+
+
+def ensure_local(config: dict[str, Any], seed: int, cell: Cell, in_process: bool = False) -> str:
+    """Make a finished cell's files that a later cell reads (a teacher's ``best.ckpt``, a search's
+    ``architecture.json``) exist in the local store: when only its committed result exists here, train it
+    again with the same config and seed, and check its dev accuracy (a search: its architecture) against the
+    committed result. Returns "" or the reason the cell cannot be used."""
+    directory = store_path(config, seed, cell)
+    wanted = directory / ("architecture.json" if cell.kind == "search" else "checkpoints/best.ckpt")
+    if wanted.is_file():
+        return ""
+    committed = read_result(config, seed, cell.name)
+    status, _, message = _run_in_store(config, seed, cell, directory, in_process, record=False)
+    if status != "done":
+        return f"retraining {cell.name} (its checkpoint is not here) failed: {message}"
+    retrained = json.loads((directory / RETRAINED_FILE).read_text(encoding="utf-8"))
+    if cell.kind == "search":
+        same = retrained.get("architecture") == committed.get("architecture")
+        what = "architecture"
+    else:
+        ours, theirs = _best_dev(retrained), _best_dev(committed)
+        same = ours is not None and theirs is not None and abs(ours - theirs) < 1e-6
+        what = f"best dev accuracy {ours} here, {theirs} in the committed result"
+    if not same:
+        return (
+            f"{cell.name} (seed {seed}) was trained again because its checkpoint is not here, and does not "
+            f"match its committed result ({what}); see {directory / RETRAINED_FILE}"
+        )
+    return ""
+
+
+def _best_dev(result: dict[str, Any] | None) -> float | None:
+    end = ((result or {}).get("dev_curve") or {}).get("end") or {}
+    return end.get("best_score")
+
+
+RETRAINED_FILE = "retrained.json"
+
+
+def _run_in_store(
+    config: dict[str, Any], seed: int, cell: Cell, directory: Path, in_process: bool, record: bool = True
+) -> tuple[str, float, str]:
+    """Fit and test ``cell`` in ``directory``; with ``record``, write its result file (committed store and a
+    copy in ``directory``), else only ``retrained.json`` (a cell trained again for its checkpoint)."""
+    full = cell_config(config, seed, cell)
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "cell.yaml"
     config_path.write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
     timeout = config.get("cell_timeout_s")
     start, cpu_start = time.monotonic(), _cpu_seconds(in_process)
+    payload: dict[str, Any] = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info}
     if cell.kind == "search":
         if (
             _run_cli(["search", "--config", str(config_path)], directory / "search.log", in_process, timeout)
             != 0
         ):
             return "failed", time.monotonic() - start, f"search failed, see {directory / 'search.log'}"
-        seconds = time.monotonic() - start
-        architecture = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
-        payload = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info, "metrics": {},
-                   "architecture": architecture, "seconds": round(seconds, 1),
-                   "cpu_seconds": round(_cpu_seconds(in_process) - cpu_start, 1), "config": full}  # fmt: skip
-        write_json(result_path, payload)
+        payload["metrics"] = {}
+        payload["architecture"] = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
+    else:
+        failed = _fit_and_test(config, cell, directory, config_path, in_process, timeout, payload)
+        if failed:
+            return "failed", time.monotonic() - start, failed
+    seconds = time.monotonic() - start
+    payload["seconds"] = round(seconds, 1)
+    # user + system CPU time of the fit and tests (this run's part, when the fit was resumed)
+    payload["cpu_seconds"] = round(_cpu_seconds(in_process) - cpu_start, 1)
+    payload["environment"] = package_versions()
+    payload["config"] = cellstore.identity(full, store_dir(config))
+    payload["requested_by"] = {"config": config["name"], "cell": cell.name}
+    if not record:
+        write_json(directory / RETRAINED_FILE, {k: v for k, v in payload.items() if k != "predictions"})
         return "done", seconds, ""
+    key = directory.name
+    path = cellstore.write_result_file(results_store(config), key, payload)
+    shutil.copyfile(path, directory / RESULT_FILE)
+    if cell.kind != "search":
+        prune_checkpoints(directory, config["keep_checkpoints"].get(cell.kind, "all"))
+    return "done", seconds, ""
+
+
+def _fit_and_test(
+    config: dict[str, Any],
+    cell: Cell,
+    directory: Path,
+    config_path: Path,
+    in_process: bool,
+    timeout: float | None,
+    payload: dict[str, Any],
+) -> str:
+    """Fit (resuming from ``last.ckpt``), then test the best checkpoint on every test set; fills
+    ``payload`` (metrics per test set, predictions, dev curve). Returns "" or why it failed."""
     fit_marker = directory / "fit.done"
     if not fit_marker.is_file():
         args = ["fit", "--config", str(config_path)]
         if (directory / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", "last"]  # an interrupted fit continues
         if _run_cli(args, directory / "fit.log", in_process, timeout) != 0:
-            return "failed", time.monotonic() - start, f"fit failed, see {directory / 'fit.log'}"
+            return f"fit failed, see {directory / 'fit.log'}"
         fit_marker.write_text("ok\n", encoding="utf-8")
-    metrics_path = directory / TEST_METRICS_FILE
-    metrics_path.unlink(missing_ok=True)
-    args = ["test", "--config", str(config_path), "--ckpt_path", "best"]
-    if _run_cli(args, directory / "test.log", in_process, timeout) != 0 or not metrics_path.is_file():
-        return "failed", time.monotonic() - start, f"test failed, see {directory / 'test.log'}"
-    seconds = time.monotonic() - start
-    tested = json.loads(metrics_path.read_text(encoding="utf-8"))
-    if not tested["metrics"]:
-        return "failed", seconds, f"the test run logged no test metrics (empty test split?), see {directory}"
+    by_set: dict[str, Any] = {}
+    predictions: dict[str, Any] = {}
+    for test_set in config["test_sets"]:
+        metrics_path = test_set_path(directory / TEST_METRICS_FILE, test_set)
+        metrics_path.unlink(missing_ok=True)
+        args = ["test", "--config", str(config_path), "--ckpt_path", "best"]
+        if test_set != "test":
+            args += ["--data.init_args.test_set", test_set]
+        log_path = test_set_path(directory / "test.log", test_set)
+        if _run_cli(args, log_path, in_process, timeout) != 0 or not metrics_path.is_file():
+            return f"test on {test_set} failed, see {log_path}"
+        tested = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if not tested["metrics"]:
+            return f"the test run on {test_set} logged no test metrics (empty test set?), see {directory}"
+        by_set[test_set] = tested["metrics"]
+        rows = read_predictions(test_set_path(directory / PREDICTIONS_FILE, test_set))
+        if rows:
+            names = list(dict.fromkeys([*config["domains"], *(str(r["domain"]) for r in rows)]))
+            predictions[test_set] = {"domain_names": names, **cellstore.pack_predictions(rows, names)}
     curve_path = directory / DEV_CURVE_FILE
-    payload = {
-        "cell": cell.name,
-        "kind": cell.kind,
-        "seed": seed,
-        "info": cell.info,
-        "metrics": tested["metrics"],
-        "best_checkpoint": tested.get("ckpt_path"),
-        "seconds": round(seconds, 1),
-        # user + system CPU time of the fit and test (this run's part, when the fit was resumed)
-        "cpu_seconds": round(_cpu_seconds(in_process) - cpu_start, 1),
-        "dev_curve": json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None,
-        "predictions": (directory / PREDICTIONS_FILE).is_file(),
-        "config": full,
-    }
-    write_json(result_path, payload)
-    prune_checkpoints(directory, config["keep_checkpoints"].get(cell.kind, "all"))
-    return "done", seconds, ""
+    payload["metrics"] = by_set.get("test", by_set[config["test_sets"][0]])
+    payload["test_sets"] = by_set
+    curve = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None
+    payload["dev_curve"] = curve
+    payload["predictions"] = predictions
+    return ""
 
 
 def _cpu_seconds(in_process: bool) -> float:
@@ -934,6 +1105,7 @@ class Progress:
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
         self.durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
         self.finished: set[tuple[int, str]] = set()
+        self.interrupted: list[tuple[int, Cell]] = []
         self.started = time.monotonic()
         self.width = len(str(len(jobs)))
 
@@ -949,15 +1121,17 @@ class Progress:
             )
 
     def report(self, seed: int, cell: Cell, status: str, seconds: float, message: str) -> None:
-        self.counts[status] += 1
+        if status == "interrupted":
+            self.interrupted.append((seed, cell))
+            message = message or resume_note(self.config, seed, cell)
+        self.counts[status] = self.counts.get(status, 0) + 1
         if status == "done":
             self.durations[cell.kind].append(seconds)
         self.finished.add((seed, cell.name))
         remaining = [
             c
             for s, c in self.jobs
-            if (s, c.name) not in self.finished
-            and not (cell_dir(self.config, s, c.name) / RESULT_FILE).is_file()
+            if (s, c.name) not in self.finished and read_result(self.config, s, c.name) is None
         ]
         eta = estimate_eta(remaining, self.durations, self.parallel)
         elapsed = time.monotonic() - self.started
@@ -968,6 +1142,37 @@ class Progress:
         if message:
             line += f" | {message}"
         print(line, file=self.stream, flush=True)
+
+    def stopped(self, stop: Interrupted) -> Interrupted:
+        """``stop`` with what finished and what was interrupted (its :attr:`Interrupted.detail`)."""
+        finished = {k: v for k, v in self.counts.items() if v and k != "interrupted"}
+        parts = [
+            f"{len(self.finished) - len(self.interrupted)} of {len(self.jobs)} cells finished"
+            + (" (" + ", ".join(f"{k} {v}" for k, v in finished.items()) + ")" if finished else "")
+        ]
+        parts += [
+            f"seed {seed} {cell.name} interrupted ({resume_note(self.config, seed, cell)})"
+            for seed, cell in self.interrupted
+        ]
+        parts.append(f"{len(self.jobs) - len(self.finished)} not started")
+        stop.detail = ", ".join(parts)
+        return stop
+
+
+def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
+    """What the next call does with an interrupted cell: resume its fit from ``last.ckpt``, run only its
+    test, or start it over."""
+    directory = store_path(config, seed, cell)
+    if (directory / RESULT_FILE).is_file():
+        return "it had finished: the next call reuses it"
+    if cell.kind == "search":
+        return "a search keeps no checkpoint: it starts over"
+    if (directory / "fit.done").is_file():
+        return "its fit is done: the next call runs its test"
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"the next call resumes it from {last}"
+    return "no checkpoint yet: the next call starts it over"
 
 
 def run_all(
@@ -990,26 +1195,40 @@ def run_all(
     if workers > 1 or ray_address:
         from metakd.ray_dispatch import run_on_ray
 
-        run_on_ray(
-            config,
-            jobs,
-            progress.report,
-            in_process=in_process,
-            workers=workers if workers > 1 or not ray_address else None,
-            address=ray_address,
-        )
+        try:
+            run_on_ray(
+                config,
+                jobs,
+                progress.report,
+                in_process=in_process,
+                workers=workers if workers > 1 or not ray_address else None,
+                address=ray_address,
+            )
+        except Interrupted as stop:  # run_on_ray reported the cells it stopped
+            progress.stopped(stop)
+            raise
         return progress.counts
-    for seed, cell in jobs:
-        progress.running(seed, cell)
-        status, seconds, message = run_cell_and_attack(config, seed, cell, in_process=in_process)
-        progress.report(seed, cell, status, seconds, message)
+    in_flight: tuple[int, Cell, float] | None = None
+    try:
+        for seed, cell in jobs:
+            progress.running(seed, cell)
+            in_flight = (seed, cell, time.monotonic())
+            status, seconds, message = run_cell_and_attack(config, seed, cell, in_process=in_process)
+            in_flight = None
+            progress.report(seed, cell, status, seconds, message)
+    except Interrupted as stop:  # the cell in flight keeps its checkpoints; no other cell starts
+        if in_flight is not None:
+            seed, cell, start = in_flight
+            progress.report(seed, cell, "interrupted", time.monotonic() - start, "")
+        progress.stopped(stop)
+        raise
     return progress.counts
 
 
 ROBUSTNESS_OPTIONS = {
     key: "--" + key.replace("_", "-")
     for key in ("max_examples", "seed", "max_fraction", "max_substitutions", "max_candidates", "source",
-                "wordnet_dir", "min_similarity")
+                "wordnet_dir", "min_similarity", "pos_check", "min_word_similarity")
 }  # fmt: skip
 """Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
 
@@ -1099,9 +1318,25 @@ def format_seconds(seconds: float) -> str:
 # results
 
 
-def cell_accuracy(result: dict[str, Any], domain: str) -> float | None:
-    """Test accuracy of a cell on one domain (a teacher's per-domain metric, else ``test/acc``)."""
-    metrics = result["metrics"]
+def report_test_set(config: dict[str, Any]) -> str:
+    """The test set of the report's main table and paired intervals: ``report_test_set``, else
+    ``test_large`` when the config tests on it, else the first of ``test_sets``."""
+    test_sets = list(config.get("test_sets") or ["test"])
+    chosen = config.get("report_test_set") or ("test_large" if "test_large" in test_sets else test_sets[0])
+    if chosen not in test_sets:
+        raise PipelineError(f"`report_test_set` {chosen!r} is not one of `test_sets` {test_sets}")
+    return chosen
+
+
+def cell_accuracy(result: dict[str, Any], domain: str, test_set: str | None = None) -> float | None:
+    """Test accuracy of a cell on one domain (a teacher's per-domain metric, else ``test/acc``), on
+    ``test_set`` (default: the corpus's test split, as the cell's ``metrics``)."""
+    if test_set is None or (test_set == "test" and "test_sets" not in result):
+        metrics = result["metrics"]
+    else:
+        metrics = (result.get("test_sets") or {}).get(test_set)
+    if metrics is None:
+        return None
     if f"test/acc_{domain}" in metrics:
         return metrics[f"test/acc_{domain}"]
     if result["kind"] == "student" or result["info"].get("domain") == domain:
@@ -1113,8 +1348,20 @@ summarise = mean_std  # mean ± sample std over seeds (``metakd.stats.mean_std``
 
 
 def read_result(config: dict[str, Any], seed: int, cell: str) -> dict[str, Any] | None:
-    path = cell_dir(config, seed, cell) / RESULT_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The result of a cell: its committed result file (``results_store``), else the copy in its local
+    store folder; None when the cell has not finished anywhere."""
+    key = cell_key(config, seed, cell)
+    result = cellstore.read_result_file(results_store(config), key)
+    if result is None:
+        local = store_dir(config) / key / RESULT_FILE
+        result = json.loads(local.read_text(encoding="utf-8")) if local.is_file() else None
+    return result
+
+
+def cell_predictions(result: dict[str, Any] | None, test_set: str) -> list[dict[str, Any]] | None:
+    """The per-example predictions of a result on ``test_set`` (rows ``example_id, domain, label, pred``)."""
+    packed = ((result or {}).get("predictions") or {}).get(test_set)
+    return None if packed is None else cellstore.unpack_predictions(packed, packed["domain_names"])
 
 
 @dataclass
@@ -1161,9 +1408,11 @@ def table_rows(config: dict[str, Any], planned: set[str]) -> list[Row]:
     return [row for row in rows if row.cells[domains[0]] in planned]
 
 
-def row_accuracy(row: Row, results: dict[tuple[int, str], Any], seeds: list[int]) -> dict[str, Any]:
-    """Per domain: mean ± std of the test accuracy over seeds; ``average``: of the per-seed averages
-    over domains (a seed counts only when every domain has its number)."""
+def row_accuracy(
+    row: Row, results: dict[tuple[int, str], Any], seeds: list[int], test_set: str | None = None
+) -> dict[str, Any]:
+    """Per domain: mean ± std of the test accuracy (on ``test_set``) over seeds; ``average``: of the
+    per-seed averages over domains (a seed counts only when every domain has its number)."""
     out: dict[str, Any] = {}
     per_seed_avg: list[float] = []
     per_domain: dict[str, list[float]] = {d: [] for d in row.cells}
@@ -1171,7 +1420,7 @@ def row_accuracy(row: Row, results: dict[tuple[int, str], Any], seeds: list[int]
         accs = []
         for domain, name in row.cells.items():
             result = results.get((seed, name))
-            value = cell_accuracy(result, domain) if result else None
+            value = cell_accuracy(result, domain, test_set) if result else None
             if value is not None:
                 per_domain[domain].append(value)
             accs.append(value)
@@ -1199,17 +1448,22 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         "seeds": seeds,
     }
     rows = table_rows(config, {cell.name for cell in cells})
-    tables: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = {"label": row.label, "kind": row.kind, "budget": row.budget, "method": row.method}
-        tables.setdefault("ablation" if row.study == "ablation" else "main", {})[row.key] = {
-            **entry,
-            **row_accuracy(row, results, seeds),
-        }
-    out.update(tables)
+    primary = report_test_set(config)
+    out["test_set"] = primary
+    out["by_test_set"] = {}
+    for test_set in config.get("test_sets") or ["test"]:
+        tables: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            entry = {"label": row.label, "kind": row.kind, "budget": row.budget, "method": row.method}
+            tables.setdefault("ablation" if row.study == "ablation" else "main", {})[row.key] = {
+                **entry,
+                **row_accuracy(row, results, seeds, test_set),
+            }
+        out["by_test_set"][test_set] = tables
+    out.update(out["by_test_set"][primary])
 
     def accuracies(name: str, domain: str) -> list[float | None]:
-        return [cell_accuracy(r, domain) for s in seeds if (r := results.get((s, name)))]
+        return [cell_accuracy(r, domain, primary) for s in seeds if (r := results.get((s, name)))]
 
     if "scarcity" in config["studies"]:
         scarcity_domains, methods, fractions = scarcity_settings(config)
@@ -1247,18 +1501,21 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
             )
         }
     needs = {cell.name: cell.needs for cell in cells}
-    out.update(
-        report.analyse(config, rows, results, needs, lambda s, c: cell_dir(config, s, c) / PREDICTIONS_FILE)
-    )
+
+    def rows_of(seed: int, cell: str) -> list[dict[str, Any]] | None:
+        return cell_predictions(results.get((seed, cell)), primary)
+
+    out.update(report.analyse(config, rows, results, needs, rows_of))
     if config.get("robustness") and "main" in out:
         out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
-        from metakd.search.adabert import describe
+        from metakd.search.derive import describe
 
         out["search"] = {
             key: {"domain": r["info"]["domain"], "row": r["info"]["row"],
                   "architecture": describe(r["architecture"]), **r["architecture"].get("cost", {}),
+                  "op_entropy": r["architecture"].get("derived_from", {}).get("op_entropy"),
                   "seconds": r["seconds"]}
             for key, r in searched.items()
         }  # fmt: skip
@@ -1373,13 +1630,21 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+TEST_SET_WORDS = {
+    "test": " (the corpus's test split, the paper's protocol)",
+    "test_large": " (the large test set: about 1900 reviews per domain outside the labelled 2000)",
+}
+
+
 def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
     from metakd import report
 
     seeds = summary["seeds"]
+    primary = summary.get("test_set", "test")
     lines = [f"# Benchmark: {summary['name']}", ""]
     lines.append(
-        f"Test accuracy (%), model selected on the dev set (best `val/acc`); seeds {seeds}"
+        f"Test accuracy (%) on `{primary}`{TEST_SET_WORDS.get(primary, '')}, model selected on the dev set "
+        f"(best `val/acc`); seeds {seeds}"
         + (" (mean ± std over seeds; the average is taken per seed first)" if len(seeds) > 1 else "")
         + "."
     )
@@ -1387,6 +1652,10 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
     if config.get("is_quick"):
         lines += ["*Quick mode: a smoke test of the pipeline, not a result.*", ""]
     lines += report.render_tables(config, summary) + report.render_comparisons(config, summary)
+    for test_set, tables in (summary.get("by_test_set") or {}).items():
+        if test_set != primary:
+            lines += [f"## Test accuracy on `{test_set}`{TEST_SET_WORDS.get(test_set, '')}", ""]
+            lines += report.render_tables(config, {**summary, **tables, "ablation": tables.get("ablation")})
     if "scarcity" in summary:
         scarcity = summary["scarcity"]
         for domain, rows in scarcity["points"].items():
@@ -1452,13 +1721,17 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
             )
         lines.append("")
     if summary.get("search"):
-        header = "| cell | architecture | parameters | FLOPs/token | search time |"
+        header = "| cell | architecture | parameters | FLOPs/token | operation entropy | search time |"
         lines += ["## Searched architectures", "", header,
-                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for key, entry in summary["search"].items():
+            entropy = entry.get("op_entropy")
+            moved = "-"
+            if entropy:
+                moved = f"{entropy['initial']:.3f} -> {entropy['final']:.3f} (max {entropy['max']:.3f})"
             lines.append(
                 f"| {key} | {entry['architecture']} | {entry.get('parameters', 0):,} | "
-                f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
+                f"{entry.get('flops_per_token', 0):,} | {moved} | {format_seconds(entry['seconds'])} |"
             )
         lines.append("")
     lines += [REPORT_END_OF_PRINTED, ""]  # the terminal shows the report up to here
@@ -1560,15 +1833,21 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
         curves_path = results_dir / f"{config['name']}_teacher_curves.png"
         summary["teacher_curves_plot"] = plot_teacher_curves(summary["teacher_curves"], curves_path)
     predictions_path = results_dir / f"{config['name']}_predictions.jsonl.gz"
+    primary = report_test_set(config)
     count = report.bundle_predictions(
         predictions_path,
         [(seed, cell.name) for seed in config["seeds"] for cell in cells],
-        lambda seed, name: cell_dir(config, seed, name) / PREDICTIONS_FILE,
+        lambda seed, name: cell_predictions(read_result(config, seed, name), primary),
     )
     summary["predictions_file"] = str(predictions_path) if count else None
     summary["pipeline_config"] = {k: v for k, v in config.items() if k not in ("teacher", "student")}
-    summary["cell_configs"] = {
-        f"{seed}/{cell.name}": cell_config(config, seed, cell) for seed in config["seeds"] for cell in cells
+    summary["cell_configs"] = {  # without machine paths; the cells' own files are <results_store>/<key>.json
+        f"{seed}/{cell.name}": cellstore.identity(cell_config(config, seed, cell), store_dir(config))
+        for seed in config["seeds"]
+        for cell in cells
+    }
+    summary["cell_keys"] = {
+        f"{seed}/{cell.name}": cell_key(config, seed, cell) for seed in config["seeds"] for cell in cells
     }
     write_json(json_path, summary)
     md_path.write_text(render_markdown(config, summary), encoding="utf-8")
@@ -1603,6 +1882,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir", help="override `runs_dir` (cells live in <runs_dir>/<name>/<seed>/<cell>)"
     )
     parser.add_argument("--results-dir", help="override `results_dir` (<name>.json / <name>.md)")
+    parser.add_argument(
+        "--store-dir",
+        help="override `store_dir`, the local cell store configs share (default: `store` beside runs_dir)",
+    )
+    parser.add_argument(
+        "--results-store",
+        help="override `results_store`, the folder of the cells' result files (default <results_dir>/cells)",
+    )
     parser.add_argument("--plan", action="store_true", help="list the cells and exit")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON/Markdown")
     parser.add_argument(
@@ -1634,7 +1921,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_pipeline_config(args.config, quick=args.quick)
     # command-line overrides (argparse's `choices` check --studies and --methods)
-    for key in ("seeds", "studies", "methods", "domains", "runs_dir", "results_dir", "budgets"):
+    for key in ("seeds", "studies", "methods", "domains", "runs_dir", "results_dir", "budgets", "store_dir",
+                "results_store"):  # fmt: skip
         if getattr(args, key):
             config[key] = getattr(args, key)
     check_choices(args.config, config)
@@ -1655,14 +1943,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print(f"pipeline {config['name']}: seeds {config['seeds']}, studies {config['studies']}", flush=True)
         print(f"budget: {budget_line(config)}", flush=True)
-        counts = run_all(
-            config,
-            in_process=bool(config["in_process"]),
-            workers=workers,
-            ray_address=config.get("ray_address"),
-            kinds=args.kinds,
-            patterns=args.cells,
-        )
+        try:
+            counts = run_all(
+                config,
+                in_process=bool(config["in_process"]),
+                workers=workers,
+                ray_address=config.get("ray_address"),
+                kinds=args.kinds,
+                patterns=args.cells,
+            )
+        except Interrupted as stop:  # no report: the next call finishes the run and writes it
+            words = ["pipeline", *(sys.argv[1:] if argv is None else argv)]
+            stop.resume = f"to resume, run the same command: python -m metakd {shlex.join(words)}"
+            raise
         print("cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     json_path, md_path = write_results(config)
     report = md_path.read_text(encoding="utf-8")

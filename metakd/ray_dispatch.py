@@ -11,7 +11,11 @@ a time) or on the cluster at ``ray_address``:
 - each task asks for its resources (:func:`cell_resources`): ``cell_cpus`` CPUs (pipeline config,
   default 1), and ``trainer.devices`` GPUs when the cell's ``trainer.accelerator`` is ``gpu``/``cuda``;
 - a cell that fails (or whose worker dies) is run once more; a second failure is recorded in the
-  cell's ``failed.json`` (attempts and messages) and reported like a failed sequential cell.
+  cell's ``failed.json`` (attempts and messages) and reported like a failed sequential cell;
+- a stop (SIGINT/SIGTERM of the driver: :mod:`metakd.interrupt`) submits nothing more, cancels the
+  running tasks (Ray raises the stop in each: the cell stops as in a sequential run and keeps its
+  checkpoints), waits up to ``STOP_GRACE_S`` for them, kills the rest, reports them ``interrupted``
+  and shuts Ray down.
 
 On a cluster every node needs metakd installed and the pipeline's ``runs_dir`` and data at the same
 paths (a shared filesystem): a student reads its teacher's checkpoint and the driver reads
@@ -22,10 +26,12 @@ same as in the sequential run.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metakd.interrupt import STOP_GRACE_S, Interrupted, deferred, reinstall, stop_signals
 from metakd.pipeline import Cell, PipelineError, cell_config, cell_dir, run_cell_and_attack
 from metakd.utils import write_json
 
@@ -60,9 +66,18 @@ def cell_resources(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, f
 
 
 def _run_cell_task(cwd: str, config: dict[str, Any], seed: int, cell: Cell, in_process: bool) -> tuple:
-    """The Ray task: :func:`metakd.pipeline.run_cell_and_attack` in the driver's working directory."""
+    """The Ray task: :func:`metakd.pipeline.run_cell_and_attack` in the driver's working directory.
+
+    ``ray.cancel`` (without force) raises the stop in the task through the SIGINT handler installed here:
+    the cell stops as in a sequential run (a subprocess fit gets the signal) and reports ``interrupted``.
+    """
     os.chdir(cwd)
-    return run_cell_and_attack(config, seed, cell, in_process=in_process)
+    start = time.monotonic()
+    with stop_signals():
+        try:
+            return run_cell_and_attack(config, seed, cell, in_process=in_process)
+        except Interrupted:
+            return "interrupted", time.monotonic() - start, ""
 
 
 def _init_ray(workers: int | None, address: str | None, config: dict[str, Any]) -> Any:
@@ -81,6 +96,7 @@ def _init_ray(workers: int | None, address: str | None, config: dict[str, Any]) 
     else:
         cpus = float(config.get("cell_cpus", 1))
         ray.init(num_cpus=max(1, round(workers * cpus)), include_dashboard=False, log_to_driver=False)
+    reinstall()  # ray.init replaces the SIGTERM handler with its own (sys.exit)
     return ray, True
 
 
@@ -122,12 +138,19 @@ def run_on_ray(
                 raise PipelineError(  # cannot happen with plan_cells (teachers first), but never hang
                     f"cells {[c.name for _, c in pending]} need cells that are not in the plan"
                 )
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            seed, cell = running.pop(ref)
+            ready: list[Any] = []
+            while not ready:
+                with deferred():  # a stop raised inside ray.wait's C code turns into a SystemError
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            ref = ready[0]
             try:
-                status, seconds, message = ray.get(ref)
+                with deferred():
+                    status, seconds, message = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - a crashed worker is a failed attempt
                 status, seconds, message = "failed", 0.0, f"{type(err).__name__}: {err}"
+            if status == "interrupted":  # stopped in its worker, not by this driver (e.g. a drained node)
+                status, message = "failed", "interrupted in its worker (SIGINT/SIGTERM)"
+            seed, cell = running.pop(ref)
             key = (seed, cell.name)
             if status == "failed":
                 attempts.setdefault(key, []).append(message)
@@ -148,8 +171,34 @@ def run_on_ray(
                 Path(cell_dir(config, seed, cell.name) / FAILURE_FILE).unlink(missing_ok=True)
             finished.add(key)
             report(seed, cell, status, seconds, message)
+    except Interrupted:
+        _stop_tasks(ray, running, report)
+        raise
     finally:
         for ref in running:
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+
+
+def _stop_tasks(ray: Any, running: dict[Any, tuple[int, Cell]], report: Report) -> None:
+    """Cancel the running tasks (each stops its cell), wait up to STOP_GRACE_S, kill those still running,
+    and report each cell with the status its task returned (``interrupted`` unless it had finished)."""
+    refs = list(running)
+    # (the stop was received: a signal now is the second, which exits at once, so nothing is raised here)
+    for ref in refs:
+        ray.cancel(ref)
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S) if refs else ([], [])
+    for ref in refs:
+        seed, cell = running.pop(ref)
+        status, seconds, message = "interrupted", 0.0, ""
+        if ref in done:
+            try:
+                status, seconds, message = ray.get(ref, timeout=1)
+            except Exception:  # noqa: BLE001 - cancelled before it could return
+                pass
+        else:
+            ray.cancel(ref, force=True)
+        if status == "failed":  # (a normal run retries a failure: here it is only stopped)
+            status, message = "interrupted", ""
+        report(seed, cell, status, seconds, message)

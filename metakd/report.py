@@ -2,9 +2,9 @@
 per row, teacher dev curves, warnings about teachers worse than the student they should improve, and the
 Markdown for all of it. Used by :func:`metakd.pipeline.collect` / ``render_markdown``.
 
-Inputs are the pipeline's :class:`~metakd.pipeline.Row` list, the cells' ``result.json`` payloads keyed by
-``(seed, cell)`` and each cell's per-example predictions (``predictions.jsonl``, written by
-:class:`~metakd.pipeline.PredictionsWriter`).
+Inputs are the pipeline's :class:`~metakd.pipeline.Row` list, the cells' results keyed by ``(seed, cell)``
+and a function giving each cell's per-example predictions on the report's test set (rows ``example_id,
+domain, label, pred``; from the cells' result files, :mod:`metakd.cellstore`).
 """
 
 from __future__ import annotations
@@ -22,22 +22,20 @@ RESAMPLES = 10000
 BOOTSTRAP_SEED = 0
 
 
-def _read_predictions(path: Path) -> list[dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+RowsOf = Callable[[int, str], "list[dict[str, Any]] | None"]
+"""A cell's per-example predictions by ``(seed, cell)``, None when it has none."""
 
 
 class Predictions:
     """Per-example correctness of the cells, read once per (seed, cell)."""
 
-    def __init__(self, path_of: Callable[[int, str], Path]) -> None:
-        self.path_of = path_of
+    def __init__(self, rows_of: RowsOf) -> None:
+        self.rows_of = rows_of
         self._rows: dict[tuple[int, str], list[dict[str, Any]] | None] = {}
 
     def rows(self, seed: int, cell: str) -> list[dict[str, Any]] | None:
         if (seed, cell) not in self._rows:
-            self._rows[(seed, cell)] = _read_predictions(self.path_of(seed, cell))
+            self._rows[(seed, cell)] = self.rows_of(seed, cell)
         return self._rows[(seed, cell)]
 
     def correct(self, row: Any, seeds: Iterable[int], domains: Iterable[str]) -> tuple[dict, list[str]]:
@@ -130,6 +128,17 @@ def comparisons(
                 }
             )
     return out
+
+
+def detectable_difference(compared: list[dict[str, Any]]) -> float | None:
+    """The smallest difference on the average that the study can detect: the half-width of the average's
+    paired interval (median over the comparisons), as a fraction (0.01 = one accuracy point)."""
+    widths = [
+        (c["intervals"]["average"]["high"] - c["intervals"]["average"]["low"]) / 2
+        for c in compared
+        if (c.get("intervals") or {}).get("average")
+    ]
+    return statistics.median(widths) if widths else None
 
 
 def cpu_minutes(
@@ -231,14 +240,16 @@ def analyse(
     rows: list[Any],
     results: dict[tuple[int, str], Any],
     needs: dict[str, list[str]],
-    predictions_path: Callable[[int, str], Path],
+    rows_of: RowsOf,
     resamples: int = RESAMPLES,
 ) -> dict[str, Any]:
     """Everything of this module for the results JSON."""
     seeds = list(config["seeds"])
-    predictions = Predictions(predictions_path)
+    predictions = Predictions(rows_of)
+    compared = comparisons(config, rows, predictions, resamples)
     return {
-        "comparisons": comparisons(config, rows, predictions, resamples),
+        "comparisons": compared,
+        "detectable_difference": detectable_difference(compared),
         "cpu_minutes": cpu_minutes(rows, results, needs, seeds),
         "teacher_curves": teacher_curves(rows, results, seeds),
         "warnings": teacher_warnings(rows, results, needs, seeds),
@@ -251,14 +262,12 @@ def analyse(
     }
 
 
-def bundle_predictions(
-    path: Path, cells: Iterable[tuple[int, str]], path_of: Callable[[int, str], Path]
-) -> int:
+def bundle_predictions(path: Path, cells: Iterable[tuple[int, str]], rows_of: RowsOf) -> int:
     """Write every cell's predictions into one gzip JSON Lines file (rows get ``seed`` and ``cell``);
     returns the number of rows. The file is not written when no cell has predictions."""
     lines = []
     for seed, cell in cells:
-        for row in _read_predictions(path_of(seed, cell)) or []:
+        for row in rows_of(seed, cell) or []:
             lines.append(json.dumps({"seed": seed, "cell": cell, **row}, sort_keys=True))
     if not lines:
         path.unlink(missing_ok=True)
@@ -372,6 +381,13 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
         for c in comparisons_:
             values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
             lines.append(f"| {c['budget'] or '-'} | {c['label']} | " + " | ".join(values) + " |")
+        detectable = summary.get("detectable_difference")
+        if detectable is not None:
+            lines += [
+                "",
+                f"Smallest difference this study can detect on the average: about ±{100 * detectable:.1f} "
+                "points (the half-width of the average's 95% interval, median over the rows above).",
+            ]
         missing = sorted({m for c in comparisons_ for m in c["missing_predictions"]})
         if missing:
             shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")

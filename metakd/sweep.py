@@ -18,8 +18,9 @@ the sweep metric over its validations, as W&B's engine itself counts it.
 
 Results: ``DIR/leaderboard.csv`` and ``DIR/leaderboard.md`` (rewritten after every trial), sorted by the
 metric, with each trial's status: ``finished``, ``failed`` (non-zero exit, metric kept if any was
-logged), ``no_metric`` (exited 0 but never logged the metric) or ``timeout``. A failed trial does not
-stop the sweep; the bayes engine imputes a value for it (``metric.impute``).
+logged), ``no_metric`` (exited 0 but never logged the metric), ``timeout`` or ``interrupted`` (SIGINT
+or SIGTERM: the trial gets the signal, the sweep stops, exit 130/143: :mod:`metakd.interrupt`). A failed
+trial does not stop the sweep; the bayes engine imputes a value for it (``metric.impute``).
 
 Command templating follows ``wandb agent``: ``${env}`` is dropped, ``${interpreter}`` is this Python,
 ``${program}`` the YAML's ``program``, ``${args}`` the trial's parameters as ``--name=value``,
@@ -49,6 +50,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 from metakd.errors import MetakdError
+from metakd.interrupt import Interrupted, run_child
 
 METRICS_ENV = "METAKD_SWEEP_METRICS"
 METRICS_FILE = "sweep_metrics.jsonl"
@@ -358,10 +360,16 @@ def run_trial(trial: Trial, metric: str, goal: str, env: dict[str, str], timeout
     start = time.monotonic()
     with open(trial.directory / "output.log", "w", encoding="utf-8") as log:
         try:
-            result = subprocess.run(
-                trial.argv, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            # the trial gets a stop signal forwarded (metakd.interrupt); its exit 130/143 stops the sweep
+            trial.returncode = run_child(
+                trial.argv, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
             )
-            trial.returncode = result.returncode
+        except Interrupted:
+            trial.status = "interrupted"
+            trial.duration_s = time.monotonic() - start
+            trial.history = read_metric_history(trial.directory, metric)
+            trial.metric = best_value(trial.history, metric, goal)
+            raise
         except subprocess.TimeoutExpired:
             trial.returncode = None
             trial.status = "timeout"
@@ -437,7 +445,16 @@ def run_sweep(
         run_env = dict(env)
         run_env[METRICS_ENV] = str(directory / METRICS_FILE)
         run_env.setdefault("WANDB_DIR", str(directory))
-        run_trial(trial, metric, goal, run_env, timeout)
+        try:
+            run_trial(trial, metric, goal, run_env, timeout)
+        except Interrupted as stop:  # the leaderboard keeps the finished trials and the interrupted one
+            write_leaderboard(out, [*trials, trial], metric, goal)
+            stop.detail = (
+                f"{len(trials)} of {count} trials finished, {trial.name} interrupted; "
+                f"leaderboard: {out / 'leaderboard.md'}"
+            )
+            stop.resume = "a new call starts a new sweep (a local sweep does not resume)"
+            raise
         shown = "-" if trial.metric is None else f"{trial.metric:.4f}"
         print(f"[sweep] {trial.name}: {trial.status}, {metric}={shown} ({trial.duration_s:.0f}s)", flush=True)
         trials.append(trial)

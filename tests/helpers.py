@@ -405,3 +405,33 @@ class WeightSnapshots(pl.Callback):
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         self._take(module)
+
+
+class SlowAfterFirstEpoch(pl.Callback):
+    """Sleeps ``seconds`` before every training batch after the first epoch (whose end writes
+    ``last.ckpt``): a window, costing no CPU, in which a test can stop a run mid-fit. No number changes."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch >= 1:
+            import time
+
+            time.sleep(self.seconds)
+
+
+class SlowTeardown(pl.Callback):
+    """On an exception (a stop), writes this process's id to ``pid_file`` and sleeps ``seconds``: a
+    teardown that takes long (e.g. a logger upload), for testing that a second Ctrl-C exits at once."""
+
+    def __init__(self, pid_file: str, seconds: float = 60.0) -> None:
+        self.pid_file, self.seconds = pid_file, seconds
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        import os
+        import time
+
+        with open(self.pid_file, "w", encoding="utf-8") as handle:
+            handle.write(str(os.getpid()))
+        time.sleep(self.seconds)

@@ -14,6 +14,7 @@ import torch
 
 from datamodules import AmazonReviewsDataModule, JsonlDataModule, MNLIDataModule
 from datamodules.base import BATCH_KEYS, PadCollator
+from datamodules.errors import DataError
 
 AMAZON_DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 # The protocol output of AmazonReviewsDataModule (seed 11111): split -> domain -> count.
@@ -393,3 +394,47 @@ def test_fingerprints(tmp_path, tiny_tokenizer_dir):
     write_jsonl(path, records)
     changed = fps()
     assert changed[0] != base[0] and changed[1] != base[1]
+
+
+def test_amazon_test_large_is_a_second_test_set(tmp_path):
+    """``test_set: test_large`` serves the ~1900 further labelled reviews per domain (shipped with the
+    package, none among the 2000); the training data and every fingerprint stay as they are."""
+    paper = AmazonReviewsDataModule(max_length=32, cache_dir=str(tmp_path))
+    large = AmazonReviewsDataModule(max_length=32, cache_dir=str(tmp_path), test_set="test_large")
+    assert large.evaluation_sets() == ["test", "test_large"]
+    assert large.pooled_split_sizes()["test"] == {
+        "books": 1930,
+        "dvd": 1837,
+        "electronics": 1896,
+        "kitchen": 1960,
+    }
+    assert large.pooled_split_sizes()["train"] == paper.pooled_split_sizes()["train"]
+    texts = {r["text"] for r in paper.raw_splits()["train"] + paper.raw_splits()["test"]}
+    records = large.split_records("test")
+    assert not texts & {r["text"] for r in records}
+    assert sum(r["label"] for r in records if r["domain"] == "books") == 996  # positives (README)
+    one = AmazonReviewsDataModule(max_length=32, cache_dir=str(tmp_path), test_set="test_large",
+                                  target_domain="kitchen")  # fmt: skip
+    one.setup("test")
+    ids = [int(i) for i in one.test_dataset["example_ids"]]
+    assert len(ids) == 1960 and ids == list(range(1930 + 1837 + 1896, 1930 + 1837 + 1896 + 1960))
+    assert [int(y) for y in one.test_dataset["labels"]] == [r["label"] for r in records[ids[0] :]]
+    assert one.split_fingerprint == paper.split_fingerprint
+    with pytest.raises(
+        DataError, match=r"test_set 'large' is not an evaluation set of this corpus; choose from"
+    ):
+        AmazonReviewsDataModule(test_set="large")
+
+
+def test_jsonl_extra_test_files(tmp_path):
+    rows = [{"text": f"t{i} {d}", "label": i % 2, "domain": d} for d in ("a", "b") for i in range(20)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "big.jsonl", [{"text": "x y", "label": 1, "domain": "b"}] * 3 + [
+        {"text": "z", "label": 0, "domain": "zzz"}])  # fmt: skip
+    extra = {"big": str(tmp_path / "big.jsonl")}
+    dm = JsonlDataModule(train_file=str(tmp_path / "train.jsonl"), extra_test_files=extra, test_set="big",
+                         max_length=16, cache_dir=str(tmp_path / "c"))  # fmt: skip
+    assert dm.domain_names == ["a", "b"]  # a domain only in an extra test file is not a corpus domain
+    assert dm.pooled_split_sizes()["test"] == {"a": 0, "b": 3}
+    with pytest.raises(DataError, match="extra_test_files: names must be non-empty and not 'test'"):
+        JsonlDataModule(train_file=str(tmp_path / "train.jsonl"), extra_test_files={"test": "x"})

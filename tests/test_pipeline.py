@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
 
-from metakd import pipeline
+from metakd import cellstore, pipeline
 
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 DOMAINS = ["books", "dvd"]
@@ -112,7 +112,10 @@ def test_plan_covers_every_row_and_study(tmp_path: Path) -> None:
     )
     cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
     full = pipeline.cell_config(config, 1, cells["student/tinybert/dvd"])
-    assert full["model"]["init_args"]["teacher_ckpt"].endswith("teacher/single/dvd/checkpoints/best.ckpt")
+    teacher_key = pipeline.cell_key(config, 1, "teacher/single/dvd")
+    assert full["model"]["init_args"]["teacher_ckpt"] == str(
+        tmp_path / "store" / teacher_key / "checkpoints/best.ckpt"
+    )
     assert full["data"]["init_args"]["target_domain"] == "dvd"
     assert (
         pipeline.cell_config(config, 1, cells["student/none/dvd"])["model"]["init_args"]["teacher_ckpt"]
@@ -161,7 +164,9 @@ def test_variants_are_rows_of_a_method_with_their_own_teacher_overrides_and_labe
     full = pipeline.cell_config(config, 1, cells["student/hot_kd/books"])
     assert full["model"]["init_args"]["distillation"] == "vanilla"
     assert full["model"]["init_args"]["temperature"] == 4.0
-    assert full["model"]["init_args"]["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert full["model"]["init_args"]["teacher_ckpt"] == str(
+        pipeline.best_checkpoint(config, 1, "teacher/meta")
+    )
     assert (
         full["data"]["init_args"]["batch_size"] == 4 and full["data"]["init_args"]["target_domain"] == "books"
     )
@@ -231,8 +236,9 @@ def test_several_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
     cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
     for (seed, name), metrics in accuracy.items():
         cell = cells[name]
-        pipeline.write_json(
-            pipeline.cell_dir(config, seed, name) / pipeline.RESULT_FILE,
+        cellstore.write_result_file(
+            pipeline.results_store(config),
+            pipeline.cell_key(config, seed, name),
             {
                 "cell": name,
                 "kind": cell.kind,
@@ -312,12 +318,17 @@ def test_quick_pipeline_writes_results_and_resumes(tmp_path: Path, capsys: pytes
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert lines and len(lines) == len(summary["cells"]) and all(" skipped " in line for line in lines)
 
-    # A finished cell is reused only for the config it ran with, never reported under a changed one.
+    # A finished cell is reused only for the config it ran with, never reported under a changed one: a
+    # changed config is another cell (another key), with no result yet.
+    config = pipeline.load_pipeline_config(config_path, quick=True)
     changed = pipeline.load_pipeline_config(config_path, quick=True)
     changed["student"]["trainer"]["max_epochs"] = 7
     cell = next(c for c in pipeline.plan_cells(changed) if c.kind == "student")
-    status, _, message = pipeline.run_cell(changed, 1, cell, in_process=True)
-    assert status == "failed" and "another config" in message
+    assert pipeline.cell_key(changed, 1, cell) != pipeline.cell_key(config, 1, cell)
+    assert pipeline.read_result(changed, 1, cell.name) is None
+    assert pipeline.read_result(config, 1, cell.name) is not None
+    teacher = next(c for c in pipeline.plan_cells(changed) if c.kind == "teacher")
+    assert pipeline.cell_key(changed, 1, teacher) == pipeline.cell_key(config, 1, teacher)  # unchanged
 
 
 @pytest.mark.parametrize(("name", "quick"), [("amazon/benchmark.yaml", True), ("mnli/benchmark.yaml", False)])
@@ -365,8 +376,9 @@ def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     ray_runs = tmp_path / "ray_runs"
     code = pipeline.main(
-        [*common, "--methods", "meta", "broken", "--workers", "2", "--runs-dir", str(ray_runs)]
-    )
+        [*common, "--methods", "meta", "broken", "--workers", "2", "--runs-dir", str(ray_runs),
+         "--store-dir", str(tmp_path / "ray_store"), "--results-store", str(tmp_path / "ray_results")]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 1, out  # the broken cells failed
     lines = [line for line in out.splitlines() if line.startswith("[")]
@@ -381,9 +393,7 @@ def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.
             (ray_runs / "tiny_quick" / "1" / f"student/meta/{domain}/result.json").read_text()
         )
         assert parallel["metrics"] == sequential["metrics"]
-        assert json.dumps(parallel["config"]).replace(str(ray_runs), str(tmp_path / "runs")) == json.dumps(
-            sequential["config"]
-        )
+        assert parallel["key"] == sequential["key"] and parallel["config"] == sequential["config"]
         broken = ray_runs / "tiny_quick" / "1" / f"student/broken/{domain}"
         failure = json.loads((broken / ray_dispatch.FAILURE_FILE).read_text())
         assert failure["attempts"] == 2 and "fit failed" in failure["messages"][0]

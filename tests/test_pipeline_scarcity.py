@@ -31,9 +31,7 @@ def test_cells_of_the_augmentation_study(tmp_path: Path) -> None:
         "teacher/single/kitchen",
     }
     l2a = pipeline.cell_config(config, 7, cells["student/meta_l2a_1pct/kitchen"])
-    teacher = str(
-        tmp_path / "amazon_scarcity_augment" / "7" / "teacher" / "meta" / "checkpoints" / "best.ckpt"
-    )
+    teacher = str(pipeline.best_checkpoint(config, 7, "teacher/meta"))
     assert l2a["model"]["init_args"]["teacher_ckpt"] == teacher
     assert l2a["data"]["init_args"]["augment"]["init_args"]["teacher_ckpt"] == teacher  # @teacher_ckpt filled
     assert l2a["data"]["init_args"]["train_fraction"] == 0.01
@@ -42,8 +40,8 @@ def test_cells_of_the_augmentation_study(tmp_path: Path) -> None:
     random = pipeline.cell_config(config, 7, cells["student/meta_l2a_random_10pct/books"])
     assert random["trainer"]["callbacks"][0]["init_args"]["learn"] is False
     tinybert = pipeline.cell_config(config, 7, cells["student/tinybert_eda/kitchen"])  # 100%: no fraction
-    assert tinybert["model"]["init_args"]["teacher_ckpt"].endswith(
-        "teacher/single/kitchen/checkpoints/best.ckpt"
+    assert tinybert["model"]["init_args"]["teacher_ckpt"] == str(
+        pipeline.best_checkpoint(config, 7, "teacher/single/kitchen")
     )
     assert "train_fraction" not in tinybert["data"]["init_args"]
     assert tinybert["data"]["init_args"]["augment"]["class_path"] == "eda"

@@ -12,7 +12,7 @@ import pytest
 from helpers import ToyMultiDomainDataModule, tiny_teacher, tiny_trainer
 from test_pipeline import tiny_pipeline_config
 
-from metakd import pipeline
+from metakd import cellstore, pipeline
 
 
 def study_config(tmp_path: Path, **changes) -> dict:
@@ -98,10 +98,14 @@ def test_the_ablation_study_plans_extra_teachers_and_student_rows(tmp_path: Path
     no_tk = pipeline.cell_config(config, 1, cells["student/no_tk_budgetA/books"])
     assert no_tk["model"]["init_args"]["use_transferable"] is False
     assert no_tk["model"]["init_args"]["distillation"] == "meta"
-    assert no_tk["model"]["init_args"]["teacher_ckpt"].endswith("1/teacher/meta/checkpoints/best.ckpt")
+    assert no_tk["model"]["init_args"]["teacher_ckpt"] == str(
+        pipeline.best_checkpoint(config, 1, "teacher/meta")
+    )
     assert no_tk["trainer"]["max_epochs"] == 4  # ablation_budget A for a staged method
     mtl = pipeline.cell_config(config, 1, cells["student/mtl_vanilla/dvd"])  # not staged: no budget suffix
-    assert mtl["model"]["init_args"]["teacher_ckpt"].endswith("1/teacher/mtl/checkpoints/best.ckpt")
+    assert mtl["model"]["init_args"]["teacher_ckpt"] == str(
+        pipeline.best_checkpoint(config, 1, "teacher/mtl")
+    )
     assert mtl["trainer"]["max_epochs"] == 3
     assert cells["student/from_mixed_budgetA/dvd"].needs == ["teacher/mixed"]
     teacher = pipeline.cell_config(config, 1, cells["teacher/mtl"])
@@ -154,12 +158,12 @@ def test_only_the_pipelines_own_callbacks_are_left_out_of_reuse(tmp_path: Path) 
     ]
     fewer = json.loads(json.dumps(full))
     fewer["trainer"]["callbacks"] = fewer["trainer"]["callbacks"][:1]  # a cell from before a new recorder
-    assert pipeline.config_identity(fewer) == pipeline.config_identity(full)
+    assert cellstore.identity(fewer) == cellstore.identity(full)
     stopping = json.loads(json.dumps(full))
     stopping["trainer"]["callbacks"].append(
         {"class_path": "pytorch_lightning.callbacks.EarlyStopping", "init_args": {"monitor": "val/acc"}}
     )
-    assert pipeline.config_identity(stopping) != pipeline.config_identity(full)
+    assert cellstore.identity(stopping) != cellstore.identity(full)
 
 
 def test_prune_checkpoints_keeps_what_was_asked(tmp_path: Path) -> None:
@@ -205,7 +209,6 @@ def test_dev_curve_records_every_check_and_the_early_stop(tmp_path: Path) -> Non
 def write_cell(
     config: dict, seed: int, cell: pipeline.Cell, metrics: dict, cpu: float, curve=None, rows=None
 ) -> None:
-    directory = pipeline.cell_dir(config, seed, cell.name)
     payload = {
         "cell": cell.name,
         "kind": cell.kind,
@@ -216,10 +219,12 @@ def write_cell(
         "cpu_seconds": cpu,
         "dev_curve": curve,
     }
-    pipeline.write_json(directory / pipeline.RESULT_FILE, payload)
     if rows is not None:
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        (directory / pipeline.PREDICTIONS_FILE).write_text(text, encoding="utf-8")
+        names = list(config["domains"])
+        payload["predictions"] = {"test": {"domain_names": names, **cellstore.pack_predictions(rows, names)}}
+    cellstore.write_result_file(
+        pipeline.results_store(config), pipeline.cell_key(config, seed, cell), payload
+    )
 
 
 def predictions(domain: str, right: list[bool]) -> list[dict]:

@@ -241,8 +241,8 @@ def test_f_pooling_and_the_backward_direction_against_a_hand_loop() -> None:
 
 @pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
 def test_distil_export_onnx_and_classify(name: str, teacher_ckpt: str, tmp_path: Path) -> None:
-    from metakd.classify import TextClassifier
     from metakd.export import export_student
+    from metakd.inference import TextClassifier
 
     data = ToyMultiDomainDataModule(backbone="minilm-l6", target_domain="dom1")
     spec = {"class_path": name, "init_args": SMALL[name]}
@@ -388,5 +388,5 @@ def test_the_tiny_students_pipeline_config_plans_rows_with_a_fixed_teacher() -> 
     (teacher, student, *_) = pipeline.plan_cells(config)
     assert teacher.name == "teacher/meta" and student.needs == ["teacher/meta"]
     options = pipeline.cell_config(config, 1, student)["model"]["init_args"]
-    assert options["teacher_ckpt"].endswith("teacher/meta/checkpoints/best.ckpt")
+    assert options["teacher_ckpt"] == str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
     assert options["distillation_options"] == {"prediction_weighting": True}
