@@ -1065,6 +1065,10 @@ def _fit_and_test(
     curve = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None
     payload["dev_curve"] = curve
     payload["predictions"] = predictions
+    from metakd.scarcity_report import SELECTION_KEY, selection_of  # L2A's selection probabilities
+
+    if (selection := selection_of(directory)) is not None:
+        payload[SELECTION_KEY] = selection
     return ""
 
 
@@ -1481,11 +1485,9 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         from metakd import scarcity_report  # scarcity.compare's intervals, L2A's selection probabilities
 
         out["scarcity"]["comparisons"] = scarcity_report.scarcity_comparisons(
-            config, points, lambda s, c: cell_dir(config, s, c) / PREDICTIONS_FILE
+            config, points, lambda s, c: cell_predictions(results.get((s, c)), primary)
         )
-        out["scarcity"]["selection"] = scarcity_report.selection_spread(
-            points, lambda s, c: cell_dir(config, s, c), seeds
-        )
+        out["scarcity"]["selection"] = scarcity_report.selection_spread(points, results, seeds)
     if "zero_shot" in config["studies"]:
         domain, _, stand_in = zero_shot_settings(config)
         out["zero_shot"] = {

@@ -1,25 +1,36 @@
 """The scarcity study's report beyond its accuracy tables: paired intervals between two rows named in
 ``scarcity.compare`` (e.g. L2A's learned against its random selection), and the spread of L2A's selection
-probabilities, read from the ``l2a_selection.json`` that :class:`metakd.l2a_selector.L2ASelector` writes
-into each cell's folder. Used by :func:`metakd.pipeline.collect` and ``render_markdown``.
+probabilities. :class:`metakd.l2a_selector.L2ASelector` writes ``l2a_selection.json`` into a cell's
+folder, and the pipeline copies it into the cell's result file (``l2a_selection``), so the report is
+rebuilt from the result files alone. Used by :func:`metakd.pipeline.collect` and ``render_markdown``.
 
-``points`` is the pipeline's scarcity summary: ``{domain: {row: {fraction: {"cell": name, ...}}}}``.
+``points`` is the pipeline's scarcity summary: ``{domain: {row: {fraction: {"cell": name, ...}}}}``;
+``results`` the cells' results keyed by ``(seed, cell)``.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metakd.errors import ConfigError
-from metakd.report import RESAMPLES, Predictions, compare, interval_text
+from metakd.report import RESAMPLES, Predictions, RowsOf, compare, interval_text
 
 SELECTION_FILE = "l2a_selection.json"
 """What ``L2ASelector`` writes into a cell's folder (its ``default_root_dir``)."""
+SELECTION_KEY = "l2a_selection"
+"""Where a cell's result file keeps it (without the per-update history)."""
+
+
+def selection_of(directory: Path) -> dict[str, Any] | None:
+    """The selector's summary in a finished cell's folder, for its result file (None: no selector)."""
+    path = directory / SELECTION_FILE
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k != "history"}
 
 
 @dataclass
@@ -47,16 +58,13 @@ def compare_pairs(config: dict[str, Any], rows: list[str]) -> list[tuple[str, st
 
 
 def scarcity_comparisons(
-    config: dict[str, Any],
-    points: dict[str, Any],
-    predictions_path: Callable[[int, str], Path],
-    resamples: int = RESAMPLES,
+    config: dict[str, Any], points: dict[str, Any], rows_of: RowsOf, resamples: int = RESAMPLES
 ) -> list[dict[str, Any]]:
     """For each pair of ``scarcity.compare`` and each fraction: paired bootstrap intervals of
     ``acc(first) - acc(second)`` per domain (strata: seeds) and over the domains (strata: domain, seed)."""
     domains = list(points)
     rows = sorted({row for domain in domains for row in points[domain]})
-    predictions, seeds = Predictions(predictions_path), list(config["seeds"])
+    predictions, seeds = Predictions(rows_of), list(config["seeds"])
     out = []
     for first, second in compare_pairs(config, rows):
         fractions = sorted({f for d in domains for f in points[d].get(first, {})}, key=float)
@@ -76,17 +84,17 @@ def scarcity_comparisons(
 
 
 def selection_spread(
-    points: dict[str, Any], directory_of: Callable[[int, str], Path], seeds: list[int]
+    points: dict[str, Any], results: dict[tuple[int, str], Any], seeds: list[int]
 ) -> dict[str, Any]:
-    """Per domain, row and fraction whose cells wrote ``l2a_selection.json``: over seeds, the mean (and
+    """Per domain, row and fraction whose results hold an ``l2a_selection``: over seeds, the mean (and
     its std) of the candidates' mean selection probability, and the means of the within-cell std, of
     ``|p - 1/2|``, of the share above 1/2, of the updates and of each edit type's mean probability."""
     out: dict[str, Any] = {}
     for domain, rows in points.items():
         for row, fractions in rows.items():
             for fraction, point in fractions.items():
-                paths = [directory_of(seed, point["cell"]) / SELECTION_FILE for seed in seeds]
-                files = [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]
+                found = [(results.get((seed, point["cell"])) or {}).get(SELECTION_KEY) for seed in seeds]
+                files = [f for f in found if f]
                 if not files:
                     continue
                 p = [f["probabilities"] for f in files]
@@ -157,4 +165,12 @@ def render(scarcity: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return lines
 
 
-__all__ = ["SELECTION_FILE", "compare_pairs", "render", "scarcity_comparisons", "selection_spread"]
+__all__ = [
+    "SELECTION_FILE",
+    "SELECTION_KEY",
+    "compare_pairs",
+    "render",
+    "scarcity_comparisons",
+    "selection_of",
+    "selection_spread",
+]

@@ -5,6 +5,7 @@ paired intervals and selection spread."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,31 +90,43 @@ def test_report_has_a_table_per_domain(tmp_path: Path) -> None:
 
 
 def test_l2a_study_reports_paired_intervals_and_the_selection_spread(tmp_path: Path) -> None:
-    """configs/amazon/scarcity_l2a_selection.yaml on hand-made cells of 2 seeds: learned minus random
-    selection is +25 points on books (3 of 4 test reviews right against 2 of 4, every seed) and 0 on
-    kitchen; the selection probabilities' summary is averaged over the seeds."""
-    import json
+    """configs/amazon/scarcity_l2a_selection.yaml on hand-made result files of 2 seeds: learned minus
+    random selection is +25 points on books (3 of 4 test reviews right against 2 of 4, every seed) and 0
+    on kitchen; the selection probabilities' summary (a result file's ``l2a_selection``, copied there
+    from the cell's l2a_selection.json) is averaged over the seeds."""
+    from metakd import cellstore
+    from metakd.scarcity_report import SELECTION_FILE, selection_of
 
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "scarcity_l2a_selection.yaml")
     assert config["scarcity"]["compare"] == [["meta_l2a", "meta_l2a_random"]] and len(config["seeds"]) == 5
-    config.update(runs_dir=str(tmp_path), results_dir=str(tmp_path / "results"), seeds=[1, 2])
+    config.update(runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"), seeds=[1, 2])
+    primary = pipeline.report_test_set(config)  # the intervals' test set (test_large)
     learned, random = "meta_l2a", "meta_l2a_random"
     correct = {(learned, "books"): [1, 1, 1, 0], (random, "books"): [1, 0, 1, 0],
                (learned, "kitchen"): [1, 1, 0, 0], (random, "kitchen"): [1, 1, 0, 0]}  # fmt: skip
     spread = {1: (0.4, 0.1), 2: (0.5, 0.2)}  # learned cells: (mean, std) of the probabilities per seed
     for seed in (1, 2):
         for (row, domain), right in correct.items():
-            directory = pipeline.cell_dir(config, seed, pipeline.student_cell_name(row, domain, 0.1))
-            directory.mkdir(parents=True)
-            lines = [{"domain": domain, "example_id": i, "pred": r, "label": 1} for i, r in enumerate(right)]
-            (directory / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+            cell = pipeline.student_cell_name(row, domain, 0.1)
+            rows = [{"domain": domain, "example_id": i, "pred": r, "label": 1} for i, r in enumerate(right)]
             mean, std = spread[seed] if row == learned else (0.5, 0.0)
             by_kind = {"mix": {"mean": mean - 0.1}, "sr": {"mean": mean + 0.1}}
             probabilities = {"mean": mean, "std": std, "mean_abs_from_half": std, "share_above_half": 0.25,
                              "by_kind": by_kind}  # fmt: skip
-            selection = {"learn": row == learned, "updates": 100 if row == learned else 0,
-                         "probabilities": probabilities}  # fmt: skip
-            (directory / "l2a_selection.json").write_text(json.dumps(selection))
+            folder = tmp_path / "cell" / str(seed) / cell  # what the selector wrote, as a fit leaves it
+            folder.mkdir(parents=True)
+            written = {"learn": row == learned, "updates": 100 if row == learned else 0,
+                       "probabilities": probabilities, "history": [{"step": 1}]}  # fmt: skip
+            (folder / SELECTION_FILE).write_text(json.dumps(written))
+            names = list(config["domains"])
+            payload = {
+                "cell": cell, "kind": "student", "seed": seed, "info": {}, "metrics": {}, "seconds": 1.0,
+                "cpu_seconds": 1.0, "dev_curve": None, "l2a_selection": selection_of(folder),
+                "predictions": {primary: {"domain_names": names, **cellstore.pack_predictions(rows, names)}},
+            }  # fmt: skip
+            assert "history" not in payload["l2a_selection"]
+            key = pipeline.cell_key(config, seed, cell)
+            cellstore.write_result_file(pipeline.results_store(config), key, payload)
     summary = pipeline.collect(config)
     [comparison] = summary["scarcity"]["comparisons"]
     assert (comparison["first"], comparison["second"], comparison["fraction"]) == (learned, random, "0.1")
