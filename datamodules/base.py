@@ -574,8 +574,8 @@ class MultiDomainDataModule(LightningDataModule):
 
     def select_augmented(self, example_ids: list[int] | None) -> None:
         """Serve only these augmented examples (with every loaded original) from ``train_dataloader``
-        until the next call; None: all of them. A selector (``metakd.l2a``) calls this between epochs,
-        with ``trainer.reload_dataloaders_every_n_epochs=1``."""
+        until the next call; None: all of them. For a selection between epochs (with
+        ``trainer.reload_dataloaders_every_n_epochs=1``); L2A's selector chooses within each batch instead."""
         if self._full_train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before select_augmented()")
         if example_ids is None:

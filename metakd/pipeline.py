@@ -1065,6 +1065,10 @@ def _fit_and_test(
     curve = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None
     payload["dev_curve"] = cellstore.store_relative(curve, store_dir(config))
     payload["predictions"] = predictions
+    from metakd.scarcity_report import SELECTION_KEY, selection_of  # L2A's selection probabilities
+
+    if (selection := selection_of(directory)) is not None:
+        payload[SELECTION_KEY] = selection
     return ""
 
 
@@ -1478,6 +1482,12 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
                     }
         labels = {method: row_spec(method, config.get("variants")).label for method in methods}
         out["scarcity"] = {"domains": scarcity_domains, "labels": labels, "points": points}
+        from metakd import scarcity_report  # scarcity.compare's intervals, L2A's selection probabilities
+
+        out["scarcity"]["comparisons"] = scarcity_report.scarcity_comparisons(
+            config, points, lambda s, c: cell_predictions(results.get((s, c)), primary)
+        )
+        out["scarcity"]["selection"] = scarcity_report.selection_spread(points, results, seeds)
     if "zero_shot" in config["studies"]:
         domain, _, stand_in = zero_shot_settings(config)
         out["zero_shot"] = {
@@ -1662,6 +1672,9 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         if scarcity.get("plot"):
             lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
         lines.append("")
+        from metakd import scarcity_report
+
+        lines += scarcity_report.render(scarcity, scarcity["labels"])
     if "zero_shot" in summary and summary["zero_shot"]:
         zero = summary["zero_shot"]
         lines += ["## Zero-shot", "", "| Meta-KD student | domain | test accuracy |", "| --- | --- | ---: |"]

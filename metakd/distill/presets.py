@@ -5,12 +5,12 @@ transferable-knowledge term."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from metakd.distill.base import Distiller, Stage, register_distiller
 from metakd.distill.layer_maps import LayerMatch
 from metakd.distill.meta_weights import MetaInstanceWeights, MetaWeighted
-from metakd.distill.terms import HardCE, LayerMatches, LogitKD, TransferableMSE
+from metakd.distill.terms import AttentionScoreMatches, HardCE, LayerMatches, LogitKD, TransferableMSE
 from metakd.errors import StudentConfigError
 
 
@@ -60,11 +60,21 @@ class VanillaKD(Distiller):
         ]
 
 
+ATTENTION_FORMS = ("scores", "probabilities")
+"""What an intermediate stage's attention matches compare: the unnormalised scores ``Q K^T / sqrt(d)``
+(TinyBERT's paper and code) or the softmax probabilities HF returns (Meta-KD's code, EasyNLP)."""
+
+
 @register_distiller("tinybert")
 class TinyBERTKD(Distiller):
     """TinyBERT's task distillation (Jiao et al. 2020): the intermediate stage matches embeddings,
-    hidden states and attention maps through a layer map (uniform by default), then the prediction
-    stage distils the logits."""
+    hidden states and attention matrices through a layer map (uniform by default), then the prediction
+    stage distils the logits.
+
+    ``attention``: ``scores`` (default, the paper's eq. 3 and the authors' code: the attention matrices
+    before the softmax, :class:`~metakd.distill.terms.AttentionScoreMatches`) or ``probabilities`` (the
+    softmax maps HF returns, after attention dropout in training; the form before this option existed).
+    """
 
     label = "TinyBERT-KD"
     teacher_role = "single"
@@ -79,9 +89,15 @@ class TinyBERTKD(Distiller):
         t2_scaling: bool = False,
         hard_label_weight: float = 0.0,
         prediction_lr: float = 3e-5,
+        attention: Literal["scores", "probabilities"] = "scores",
     ) -> None:
         if intermediate_epochs < 0:
             raise StudentConfigError(f"intermediate_epochs must be >= 0, got {intermediate_epochs}")
+        if attention not in ATTENTION_FORMS:
+            raise StudentConfigError(
+                f"distillation_options.attention must be one of {list(ATTENTION_FORMS)}, got {attention!r}"
+            )
+        self.attention = attention
         self.matches = matches
         self.intermediate_epochs, self.intermediate_lr = intermediate_epochs, intermediate_lr
         self.temperature, self.t2_scaling = temperature, t2_scaling
@@ -92,7 +108,9 @@ class TinyBERTKD(Distiller):
             "intermediate",
             [
                 LayerMatches(self.matches, "hidden"),
-                LayerMatches(self.matches, "attention"),
+                AttentionScoreMatches(self.matches)
+                if self.attention == "scores"
+                else LayerMatches(self.matches, "attention"),
                 TransferableMSE(self.transferable_weight),
             ],
             epochs=self.intermediate_epochs,
@@ -123,6 +141,10 @@ class MetaKD(MetaWeighted, TinyBERTKD):
     ``stage: prediction`` it is Meta-KD for a student without token states or attention maps (BiLSTM,
     TextCNN, pQRNN), whose intermediate stage cannot run; ``meta_logit``
     (:mod:`metakd.distill.meta_weights`) puts the same weights on Tang et al.'s logit losses.
+
+    ``attention`` defaults to ``probabilities``: the authors' code (EasyNLP) compares the softmax maps its
+    BERT returns (its TinyBERT-style zeroing of scores <= -100 never fires on probabilities);
+    ``scores`` gives TinyBERT's form.
     """
 
     label = "Meta-KD"
@@ -144,6 +166,7 @@ class MetaKD(MetaWeighted, TinyBERTKD):
         expertise_weights: bool = True,
         transferability_scale: str = "none",
         prediction_weighting: bool = False,
+        attention: Literal["scores", "probabilities"] = "probabilities",
     ) -> None:
         super().__init__(
             matches,
@@ -153,6 +176,7 @@ class MetaKD(MetaWeighted, TinyBERTKD):
             t2_scaling,
             hard_label_weight,
             prediction_lr,
+            attention,
         )
         if lambda_tk < 0:
             raise StudentConfigError(f"lambda_tk must be >= 0, got {lambda_tk}")
