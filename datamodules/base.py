@@ -82,7 +82,7 @@ class MultiDomainDataModule(LightningDataModule):
     ``domain_names``, ``num_domains``, ``label_names``, ``num_labels`` (and ``backbone``,
     ``max_length``, ``target_domain``, ``train_fraction``) are set in ``__init__``; ``setup()`` adds
     ``split_fingerprint``, ``data_fingerprint``, ``num_pooled_train``, ``num_train_ids``,
-    ``source_example_ids``, ``augmented_train`` and the three datasets.
+    ``source_example_ids``, ``train_example_weights``, ``augmented_train`` and the three datasets.
 
     Subclasses set their own attributes, then call ``super().__init__(...)``, and implement
     :meth:`_corpus_domains`, :meth:`_corpus_label_names`, :meth:`_read_splits` and :meth:`_split_rule`.
@@ -170,6 +170,7 @@ class MultiDomainDataModule(LightningDataModule):
         self.num_pooled_train: int | None = None
         self.num_train_ids: int | None = None
         self.source_example_ids: torch.Tensor | None = None
+        self.train_example_weights: torch.Tensor | None = None
         self.augmented_train: list[Record] = []
         self._full_train_dataset = None
         self.train_dataset = None
@@ -336,6 +337,7 @@ class MultiDomainDataModule(LightningDataModule):
         self._full_train_dataset = self.train_dataset
         self.num_train_ids = self.num_pooled_train + len(self.augmented_train)
         self.source_example_ids = self._augmentation.source_example_ids(self.num_pooled_train)
+        self.train_example_weights = self._augmentation.example_weights(self.num_pooled_train)
         self._collator = PadCollator.for_tokenizer(tokenizer)
         self._setup_done = True
         logger.info(

@@ -1,6 +1,7 @@
 """The augmentation hooks of :class:`~datamodules.base.MultiDomainDataModule`: the augmented examples of
-the loaded training split (an ``augment`` option, :mod:`datamodules.augment`), their ``example_ids`` and
-source links, and which of them the training loader serves (``select_augmented``)."""
+the loaded training split (an ``augment`` option, :mod:`datamodules.augment`: data augmentation or a
+transfer set), their ``example_ids``, source links and loss weights, and which of them the training loader
+serves (``select_augmented``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from datamodules.augment import AugmentContext, AugmentSpec, augmented_records
+from datamodules.augment import WEIGHT_FEATURE, AugmentContext, AugmentSpec, augmented_records
 from datamodules.errors import DataError
 from datamodules.splitting import Record
 
@@ -54,9 +55,21 @@ class TrainingAugmentation:
         return self.records
 
     def source_example_ids(self, num_pooled_train: int) -> torch.Tensor:
-        """(num_pooled_train + augmented,) the pooled training example each training id comes from."""
+        """(num_pooled_train + augmented,) the pooled training example each training id comes from
+        (:data:`~datamodules.augment.NO_SOURCE`, -1, for an augmented example that comes from none)."""
         source = list(range(num_pooled_train)) + [r["source_example_id"] for r in self.records]
         return torch.tensor(source, dtype=torch.long)
+
+    def example_weights(self, num_pooled_train: int) -> torch.Tensor | None:
+        """(num_pooled_train + augmented,) loss weights by ``example_ids``: the augmented examples'
+        ``weight`` feature (:data:`~datamodules.augment.WEIGHT_FEATURE`), 1 for the rest; None when no
+        augmented example has a weight (every weight 1)."""
+        if not any(WEIGHT_FEATURE in r["features"] for r in self.records):
+            return None
+        weights = torch.ones(num_pooled_train + len(self.records))
+        for r in self.records:
+            weights[r["example_id"]] = float(r["features"].get(WEIGHT_FEATURE, 1.0))
+        return weights
 
     def select(self, full_dataset: Any, example_ids: Sequence[int]) -> Any:
         """The rows of ``full_dataset`` (the loaded originals, then the augmented records in order) that

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from datamodules.augment import AugmentContext, Augmenter, parse_augment, register_augmenter
+from datamodules.augment import (
+    WEIGHT_FEATURE,
+    AugmentContext,
+    AugmentedExample,
+    Augmenter,
+    parse_augment,
+    register_augmenter,
+)
 from datamodules.errors import DataError
 from datamodules.training_augmentation import TrainingAugmentation
 
@@ -55,3 +62,22 @@ def test_select_serves_the_originals_and_the_chosen(tmp_path: Path) -> None:
     assert part.select(full, [])["example_ids"] == [3, 4, 5]
     with pytest.raises(DataError, match=r"select_augmented: \[4, 99\] are not ids of augmented"):
         part.select(full, [4, 99])
+
+
+@register_augmenter("test_hooks_weighted")
+class Weighted(Augmenter):
+    """A copy of each loaded example weighted by its position / 10, and one example without a source."""
+
+    def generate(self, context, per_example):
+        out = [AugmentedExample(f"copy {i}", i, features={WEIGHT_FEATURE: i / 10}) for i in context.loaded]
+        return out + [AugmentedExample("from nowhere", None, domain="b")]
+
+
+def test_loss_weights_by_example_id(tmp_path: Path) -> None:
+    part = TrainingAugmentation(parse_augment({"class_path": "test_hooks_weighted"}))
+    rows = part.build(context([3, 5]), 6, tmp_path / "augmented.jsonl", "toy")
+    assert [(r["source_example_id"], r["label"]) for r in rows] == [(3, 1), (5, 1), (-1, -100)]
+    # originals 1, the copies 0.3 and 0.5, the example without a weight 1
+    assert part.example_weights(6).tolist() == pytest.approx([1, 1, 1, 1, 1, 1, 0.3, 0.5, 1])
+    assert part.source_example_ids(6).tolist() == [0, 1, 2, 3, 4, 5, 3, 5, -1]
+    assert TrainingAugmentation(parse_augment({"class_path": "test_hooks_twice"})).example_weights(6) is None
