@@ -131,13 +131,18 @@ def test_target_closeness_and_weights_by_hand() -> None:
     by_class = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[5.0, 5.0], [5.0, 5.0]]])  # (K=2, C=2, H=2)
     tau_class = target_closeness(h, by_class, target=0, labels=torch.tensor([1, 0, 1]))
     torch.testing.assert_close(tau_class, torch.tensor([0.0, 1 / math.sqrt(2), 1.0]))
-    # w_i = n exp(tau_i / T) / sum_j exp(tau_j / T), T = 0.5: exp(2), exp(sqrt(2)), exp(0) over 3
-    weights = transfer_weights(tau, temperature=0.5)
+    # mean1: w_i = max(tau_i, 0) / mean_j max(tau_j, 0) = (1, 0.7071, 0) / 0.5690
+    mean = (1 + 1 / math.sqrt(2) + 0) / 3
+    assert transfer_weights(tau).tolist() == pytest.approx([1 / mean, 1 / math.sqrt(2) / mean, 0.0], rel=1e-6)
+    assert transfer_weights(torch.tensor([-0.5, 0.2, 0.6])).tolist() == pytest.approx([0.0, 0.75, 2.25])
+    # temperature:0.5: w_i = n exp(tau_i / T) / sum_j exp(tau_j / T): exp(2), exp(sqrt(2)), exp(0) over 3
+    weights = transfer_weights(tau, "temperature:0.5")
     numerators = [math.exp(2.0), math.exp(2 / math.sqrt(2)), 1.0]
     expected = [3 * v / sum(numerators) for v in numerators]
-    assert weights.tolist() == pytest.approx(expected, rel=1e-6)
-    assert float(weights.mean()) == pytest.approx(1.0)
-    assert transfer_weights(tau, temperature=1e4).tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-3)
+    assert weights.tolist() == pytest.approx(expected, rel=1e-6) and float(weights.mean()) == pytest.approx(
+        1.0
+    )
+    assert transfer_weights(tau, "temperature:10000").tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-3)
 
 
 def test_metakd_transfer_set_weights_the_other_domains_by_the_teachers_prototypes(tmp_path: Path) -> None:
@@ -146,8 +151,7 @@ def test_metakd_transfer_set_weights_the_other_domains_by_the_teachers_prototype
     teacher = train_tiny_teacher(
         str(tmp_path / "teacher.ckpt"), data(tmp_path, None, cache="t", target_domain=None), **real
     )
-    options = {"teacher_ckpt": teacher, "weight_temperature": 0.05}
-    spec = {"class_path": "metakd_transfer", "per_example": 1, "init_args": options}
+    spec = {"class_path": "metakd_transfer", "per_example": 1, "init_args": {"teacher_ckpt": teacher}}
     dm = data(tmp_path, spec)
     train = dm.raw_splits()["train"]
     rows = dm.augmented_train
@@ -161,13 +165,12 @@ def test_metakd_transfer_set_weights_the_other_domains_by_the_teachers_prototype
     h = pretrained_states([[train[i]["text"], None] for i in dvd], checkpoint, 24, tmp_path / "fresh")
     p_books = checkpoint["state_dict"]["prototypes"][0]
     tau = {i: float(torch.nn.functional.cosine_similarity(h[k], p_books, dim=0)) for k, i in enumerate(dvd)}
-    kept = sorted(dvd, key=lambda i: -tau[i])[: len(rows)]
-    assert [r["source_example_id"] for r in rows] == sorted(kept)  # the closest to books
-    assert [r["features"]["closeness"] for r in rows] == pytest.approx(
-        [tau[i] for i in sorted(kept)], abs=1e-5
-    )
-    exps = [math.exp(tau[i] / 0.05) for i in sorted(kept)]
-    expected = [len(exps) * e / sum(exps) for e in exps]
+    assert min(tau.values()) > 0  # every dvd text is closer than 90 degrees to books: none is left out
+    kept = sorted(sorted(dvd, key=lambda i: -tau[i])[: len(rows)])
+    assert [r["source_example_id"] for r in rows] == kept and len(kept) < len(dvd)  # the closest to books
+    assert [r["features"]["closeness"] for r in rows] == pytest.approx([tau[i] for i in kept], abs=1e-5)
+    mean = sum(tau[i] for i in kept) / len(kept)
+    expected = [tau[i] / mean for i in kept]  # mean1
     assert [r["features"]["weight"] for r in rows] == pytest.approx(expected, rel=1e-4)
     weights = dm.train_example_weights
     assert weights.shape == (dm.num_train_ids,) and bool((weights[: dm.num_pooled_train] == 1).all())
@@ -183,6 +186,9 @@ def test_metakd_transfer_set_weights_the_other_domains_by_the_teachers_prototype
         DataError, match="fresh random encoder .encoder_config., whose initial weights are gone"
     ):
         data(tmp_path, spec, cache="c5")
+    spec["init_args"] = {"teacher_ckpt": teacher, "weight_scale": "none"}
+    with pytest.raises(DataError, match="weight_scale must be 'mean1' or 'temperature:<T>', got 'none'"):
+        data(tmp_path, spec, cache="c6")
 
 
 def test_the_data_weights_scale_each_examples_loss() -> None:
