@@ -237,3 +237,35 @@ def test_transfer_set_labels_are_computed_once_and_read_back(tmp_path: Path, cap
     again.teacher_source.forward = no_forward
     tiny_trainer(max_steps=2).fit(again, datamodule=data(tmp_path, spec))
     assert "Teacher labels" not in capfd.readouterr().err
+
+
+def test_the_transfer_set_study_config_plans_its_rows_on_the_benchmarks_teachers() -> None:
+    from metakd import pipeline
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "amazon"
+    config = pipeline.load_pipeline_config(configs / "tiny_transfer.yaml")
+    benchmark = pipeline.load_pipeline_config(configs / "benchmark.yaml")
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    assert {name for name, cell in cells.items() if cell.kind == "teacher"} == {
+        "teacher/mixed",
+        "teacher/meta",
+    }
+    for teacher in (
+        "teacher/mixed",
+        "teacher/meta",
+    ):  # the same cells as the benchmark's: reused from the store
+        assert pipeline.cell_key(config, 3, teacher) == pipeline.cell_key(benchmark, 3, teacher)
+    expected = {"textcnn_pc128_mse_unlabeled": ("mixed", {"class_path": "unlabeled"}),
+                "bilstm_mse_tang": ("mixed", {"class_path": "tang", "per_example": 20})}  # fmt: skip
+    for row, (teacher, augment) in expected.items():
+        cell = pipeline.cell_config(config, 1, cells[f"student/{row}/books"])
+        assert cell["data"]["init_args"]["augment"] == augment
+        assert cell["model"]["init_args"]["distillation"] == "tang"
+        assert cell["model"]["init_args"]["teacher_ckpt"] == str(
+            pipeline.best_checkpoint(config, 1, f"teacher/{teacher}")
+        )
+    cell = pipeline.cell_config(config, 1, cells["student/textcnn_pc128_metakd_mse_transfer/dvd"])
+    meta = str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
+    assert cell["model"]["init_args"]["teacher_ckpt"] == meta  # the transfer set reads the student's teacher
+    assert cell["data"]["init_args"]["augment"] == {"class_path": "metakd_transfer", "per_example": 3,
+                                                    "init_args": {"teacher_ckpt": meta}}  # fmt: skip
