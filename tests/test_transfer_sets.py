@@ -246,14 +246,9 @@ def test_the_transfer_set_study_config_plans_its_rows_on_the_benchmarks_teachers
     config = pipeline.load_pipeline_config(configs / "tiny_transfer.yaml")
     benchmark = pipeline.load_pipeline_config(configs / "benchmark.yaml")
     cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
-    assert {name for name, cell in cells.items() if cell.kind == "teacher"} == {
-        "teacher/mixed",
-        "teacher/meta",
-    }
-    for teacher in (
-        "teacher/mixed",
-        "teacher/meta",
-    ):  # the same cells as the benchmark's: reused from the store
+    teachers = {"teacher/mixed", "teacher/meta"}
+    assert {name for name, cell in cells.items() if cell.kind == "teacher"} == teachers
+    for teacher in teachers:  # the same cells as the benchmark's: reused from the store
         assert pipeline.cell_key(config, 3, teacher) == pipeline.cell_key(benchmark, 3, teacher)
     expected = {"textcnn_pc128_mse_unlabeled": ("mixed", {"class_path": "unlabeled"}),
                 "bilstm_mse_tang": ("mixed", {"class_path": "tang", "per_example": 20})}  # fmt: skip
