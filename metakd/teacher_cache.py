@@ -5,10 +5,15 @@ float rounding across different padding lengths). Mode ``logits`` keeps a (N, C)
 be read from and written to a file; ``all`` also keeps, per example, the token features the method
 reads, trimmed to the example's length (memory heavy: use it for small target domains).
 :class:`metakd.teachers.FrozenTeacher` binds it to the data and the teacher (its key).
+
+:class:`LogitsByInput` keeps a teacher's logits by the example's *input* (its token ids and the teacher
+domain it is read in), whatever data set it belongs to: the same review in four target domains' transfer
+sets, or in a transfer set and its own domain's training split, is labelled once per teacher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +85,12 @@ class TeacherOutputCache:
             )
             self.features[example_id] = (transferable, hidden, attentions)
 
+    def store_logits(self, example_ids: Tensor, logits: Tensor) -> None:
+        """Remember logits known from elsewhere (:class:`LogitsByInput`)."""
+        ids = example_ids.cpu()
+        self.logits[ids] = logits.detach().float().cpu()
+        self.filled[ids] = True
+
     def reset(self, key: str | None) -> None:
         """Empty the cache and bind it to a new key."""
         self.key = key
@@ -102,6 +113,56 @@ class TeacherOutputCache:
     def write_logits(self, path: Path) -> None:
         """Write the logits table to ``path`` (atomically)."""
         atomic_torch_save({"logits": self.logits, "filled": self.filled}, path)
+
+
+class LogitsByInput:
+    """A teacher's logits by input: key = sha1 of the example's token ids (and token types) where its
+    attention mask is 1, and of the teacher domain it is read in (a multi-head teacher answers per domain).
+    Read from and written to one file per teacher (``<cache_dir>/teacher-input-logits-<teacher>.pt``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.logits: dict[str, Tensor] = {}
+        self.dirty = False
+        if path.is_file():
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                self.logits = dict(zip(stored["keys"], stored["logits"]))
+            except Exception as err:  # noqa: BLE001 - a broken cache is recomputed
+                log.warning("ignoring unreadable teacher-logits cache %s (%s)", path, err)
+
+    @staticmethod
+    def keys(batch: dict[str, Tensor], domain_ids: Tensor | None) -> list[str]:
+        """The input key of every row of ``batch`` (``domain_ids``: the teacher's own, or None)."""
+        mask = batch["attention_mask"].bool().cpu()
+        ids = batch["input_ids"].cpu()
+        types = batch.get("token_type_ids")
+        types = None if types is None else types.cpu()
+        out = []
+        for row in range(ids.shape[0]):
+            digest = hashlib.sha1(ids[row][mask[row]].numpy().astype("int64").tobytes())
+            if types is not None:
+                digest.update(types[row][mask[row]].numpy().astype("int64").tobytes())
+            digest.update(b"domain:%d" % (-1 if domain_ids is None else int(domain_ids[row])))
+            out.append(digest.hexdigest())
+        return out
+
+    def get(self, key: str) -> Tensor | None:
+        return self.logits.get(key)
+
+    def put(self, keys: list[str], logits: Tensor) -> None:
+        for key, row in zip(keys, logits.detach().float().cpu()):
+            self.logits[key] = row.clone()
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the file if anything was added (atomically)."""
+        if self.dirty and self.logits:
+            keys = sorted(self.logits)
+            atomic_torch_save(
+                {"keys": keys, "logits": torch.stack([self.logits[k] for k in keys])}, self.path
+            )
+            self.dirty = False
 
 
 def _pad_stack(tensors: list[Tensor], length: int, dims: tuple[int, ...]) -> Tensor:

@@ -239,6 +239,33 @@ def test_transfer_set_labels_are_computed_once_and_read_back(tmp_path: Path, cap
     assert "Teacher labels" not in capfd.readouterr().err
 
 
+def test_an_example_another_data_set_labelled_is_not_labelled_again(tmp_path: Path) -> None:
+    """The logits are also kept by input: a second data set of the same teacher (here the unlabelled set
+    with half of the training split: another data fingerprint) reads its examples' labels from there."""
+    teacher = train_tiny_teacher(
+        str(tmp_path / "teacher.ckpt"), data(tmp_path, None, cache="t", target_domain=None)
+    )
+    spec = {"class_path": "unlabeled", "init_args": {"files": unlabeled_files(tmp_path)}}
+    store = tmp_path / "labels"
+    first = tiny_student(teacher, data(tmp_path, spec), distillation="tang", student_config=None,
+                         student_model=TEXTCNN, cache_dir=str(store))  # fmt: skip
+    tiny_trainer(max_steps=1).fit(first, datamodule=data(tmp_path, spec))
+    [by_input] = store.glob("teacher-input-logits-*.pt")
+    stored = torch.load(by_input, weights_only=True)
+    half = data(tmp_path, spec, train_fraction=0.5)
+    assert half.data_fingerprint != data(tmp_path, spec).data_fingerprint
+    assert len(stored["keys"]) >= half.num_train_ids - half.num_pooled_train  # the transfer set's inputs
+    second = tiny_student(teacher, half, distillation="tang", student_config=None, student_model=TEXTCNN,
+                          cache_dir=str(store))  # fmt: skip
+    calls = []
+    original = second.teacher_source.forward
+    second.teacher_source.forward = lambda batch, request: (
+        calls.append(len(batch["input_ids"])) or original(batch, request)
+    )
+    tiny_trainer(max_steps=1).fit(second, datamodule=half)
+    assert calls == []  # every example of the second data set was labelled by the first
+
+
 def test_the_transfer_set_study_config_plans_its_rows_on_the_benchmarks_teachers() -> None:
     from metakd import pipeline
 
