@@ -20,8 +20,8 @@ from helpers import (
     train_tiny_teacher,
 )
 
-from metakd import cellstore
 from metakd.errors import StudentConfigError
+from metakd.pipeline import cellstore
 from metakd.search.adabert import (
     SuperNet,
     derive,

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from test_pipeline import tiny_pipeline_config
 
-from metakd import cellstore, pipeline
+from metakd import pipeline
+from metakd.pipeline import cellstore
 
 
 def test_identity_leaves_out_what_changes_no_number(tmp_path: Path) -> None:

@@ -171,7 +171,8 @@ def _curve(seed: int, cell: Any, domains: list[str]) -> dict[str, Any]:
 
 def write_fake_results(config: dict[str, Any]) -> None:
     """A result file per planned cell and seed (but MISSING), and robustness reports of the main cells."""
-    from metakd import cellstore, pipeline
+    from metakd import pipeline
+    from metakd.pipeline import cellstore
 
     for seed in SEEDS:
         for cell in pipeline.plan_cells(config):

@@ -1,0 +1,120 @@
+"""The run's progress on its terminal: a line per finished cell (status, seconds, elapsed time, ETA), the
+counts per status, and what a stop left behind (which cell was interrupted and how the next call resumes it).
+
+The progress of each model inside its cell (steps done of total, rate) is its command's own progress bar
+(see :mod:`.invoke`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from metakd.interrupt import Interrupted
+from metakd.pipeline.plan import Cell
+from metakd.pipeline.store import RESULT_FILE, read_result, store_path
+
+
+class Progress:
+    """One line per finished cell (status, seconds, elapsed, ETA) and the counts per status."""
+
+    def __init__(
+        self, config: dict[str, Any], jobs: list[tuple[int, Cell]], stream: Any, parallel: int = 1
+    ) -> None:
+        self.config, self.jobs, self.stream, self.parallel = config, jobs, stream, max(1, parallel)
+        self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+        self.durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
+        self.finished: set[tuple[int, str]] = set()
+        self.interrupted: list[tuple[int, Cell]] = []
+        self.started = time.monotonic()
+        self.width = len(str(len(jobs)))
+
+    def running(self, seed: int, cell: Cell) -> None:
+        """The running cell on a terminal, overwritten by its result line."""
+        if hasattr(self.stream, "isatty") and self.stream.isatty():
+            print(
+                f"[{len(self.finished) + 1:{self.width}d}/{len(self.jobs)}] seed {seed} {cell.name:<36} "
+                "running...",
+                end="\r",
+                file=self.stream,
+                flush=True,
+            )
+
+    def report(self, seed: int, cell: Cell, status: str, seconds: float, message: str) -> None:
+        if status == "interrupted":
+            self.interrupted.append((seed, cell))
+            message = message or resume_note(self.config, seed, cell)
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status == "done":
+            self.durations[cell.kind].append(seconds)
+        self.finished.add((seed, cell.name))
+        remaining = [
+            c
+            for s, c in self.jobs
+            if (s, c.name) not in self.finished and read_result(self.config, s, c.name) is None
+        ]
+        eta = estimate_eta(remaining, self.durations, self.parallel)
+        elapsed = time.monotonic() - self.started
+        line = (
+            f"[{len(self.finished):{self.width}d}/{len(self.jobs)}] seed {seed} {cell.name:<36} {status:<7} "
+            f"{seconds:7.1f}s | elapsed {format_seconds(elapsed)} | ETA {eta}"
+        )
+        if message:
+            line += f" | {message}"
+        print(line, file=self.stream, flush=True)
+
+    def stopped(self, stop: Interrupted) -> Interrupted:
+        """``stop`` with what finished and what was interrupted (its :attr:`Interrupted.detail`)."""
+        finished = {k: v for k, v in self.counts.items() if v and k != "interrupted"}
+        parts = [
+            f"{len(self.finished) - len(self.interrupted)} of {len(self.jobs)} cells finished"
+            + (" (" + ", ".join(f"{k} {v}" for k, v in finished.items()) + ")" if finished else "")
+        ]
+        parts += [
+            f"seed {seed} {cell.name} interrupted ({resume_note(self.config, seed, cell)})"
+            for seed, cell in self.interrupted
+        ]
+        parts.append(f"{len(self.jobs) - len(self.finished)} not started")
+        stop.detail = ", ".join(parts)
+        return stop
+
+
+def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
+    """What the next call does with an interrupted cell: resume its fit from ``last.ckpt``, run only its
+    test, or start it over."""
+    directory = store_path(config, seed, cell)
+    if (directory / RESULT_FILE).is_file():
+        return "it had finished: the next call reuses it"
+    if cell.kind == "search":
+        return "a search keeps no checkpoint: it starts over"
+    if (directory / "fit.done").is_file():
+        return "its fit is done: the next call runs its test"
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"the next call resumes it from {last}"
+    return "no checkpoint yet: the next call starts it over"
+
+
+def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]], parallel: int = 1) -> str:
+    if not remaining:
+        return "0s"
+    known = [d for values in durations.values() for d in values]
+    if not known:
+        return "?"
+    total = 0.0
+    for cell in remaining:
+        values = durations[cell.kind] or known
+        total += statistics.median(values)
+    return format_seconds(total / parallel)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
