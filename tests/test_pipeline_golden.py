@@ -70,8 +70,8 @@ def test_the_report_matches_the_golden_record(tmp_path: Path) -> None:
 
 def test_the_benchmark_cells_keep_their_store_keys() -> None:
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "benchmark.yaml")
-    cells = pipeline.plan_cells(config)
-    assert {cell.name: pipeline.cell_key(config, 1, cell) for cell in cells} == BENCHMARK_KEYS
+    for name, key in BENCHMARK_KEYS.items():
+        assert pipeline.cell_key(config, 1, name) == key, name
     for (seed, name), key in TEACHER_KEYS.items():
         assert pipeline.cell_key(config, seed, name) == key, (seed, name)
 

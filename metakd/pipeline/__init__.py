@@ -39,8 +39,10 @@ The rooms, each depending only on those above it (docs/ARCHITECTURE.md draws the
 - :mod:`.cellstore` (keys, result files) and :mod:`.store` (a planned cell's config, key, folders, result);
 - :mod:`.invoke`, :mod:`.robustness`, :mod:`.runner`: running one cell (a metakd command in a subprocess or
   in this process, its attack, its result);
-- :mod:`.progress`: the run's progress lines; :mod:`.ray_runner` and :mod:`.run`: every cell, one after
-  another or on Ray;
+- :mod:`.costs` (the cost model) and :mod:`.ledger` (the CPU plan: every cell's state, estimate and
+  priority, the totals, what fits in ``--max-cpu-minutes``);
+- :mod:`.progress`: the run's progress lines and ETA; :mod:`.ray_runner` and :mod:`.run`: every cell, in
+  priority order, one after another or on Ray;
 - the report: :mod:`.analysis` (intervals, costs, curves, warnings), :mod:`.tables` (the summary),
   :mod:`.markdown`, :mod:`.report` (the files);
 - :mod:`.command`: the command line.
@@ -76,13 +78,16 @@ from metakd.pipeline.config import (
     zero_shot_settings,
 )
 from metakd.pipeline.invoke import output_to, run_cli
+from metakd.pipeline.ledger import cost_model, cpu_plan, render_plan, within_budget
 from metakd.pipeline.markdown import REPORT_END_OF_PRINTED, budget_line, render_markdown
 from metakd.pipeline.plan import (
     Cell,
     budget_overrides,
     main_cell_name,
+    ordered_jobs,
     plan_cells,
     planned_cell,
+    priorities,
     search_cell_name,
     selected,
     student_cell_name,
@@ -100,6 +105,7 @@ from metakd.pipeline.store import (
     best_checkpoint,
     cell_config,
     cell_dir,
+    cell_identity,
     cell_key,
     cell_predictions,
     prune_checkpoints,
@@ -153,27 +159,33 @@ __all__ = [
     "cell_dir",
     "cell_key",
     "cell_predictions",
+    "cell_identity",
     "check_choices",
     "collect",
+    "cost_model",
     "deep_merge",
     "ensure_local",
     "format_seconds",
     "is_staged",
+    "cpu_plan",
     "load_pipeline_config",
     "main",
     "main_cell_name",
     "main_rows",
     "method_entry",
+    "ordered_jobs",
     "output_to",
     "package_versions",
     "plan_cells",
     "planned_cell",
+    "priorities",
     "prune_checkpoints",
     "read_extended",
     "read_predictions",
     "read_result",
     "registered_methods",
     "render_markdown",
+    "render_plan",
     "report_test_set",
     "results_store",
     "resume_note",
@@ -195,6 +207,7 @@ __all__ = [
     "student_cell_name",
     "table_rows",
     "test_set_path",
+    "within_budget",
     "write_results",
     "zero_shot_cell_name",
     "zero_shot_settings",

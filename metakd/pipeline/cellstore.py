@@ -103,6 +103,13 @@ def result_path(results_store: str | Path, key: str) -> Path:
     return Path(results_store) / f"{key}.json"
 
 
+def result_files(results_store: str | Path) -> list[dict[str, Any]]:
+    """Every result file in ``results_store`` (every config's finished cells), by key."""
+    folder = Path(results_store)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+
+
 def read_result_file(results_store: str | Path, key: str) -> dict[str, Any] | None:
     path = result_path(results_store, key)
     if not path.is_file():

@@ -1,8 +1,9 @@
 """``python -m metakd pipeline --config configs/amazon/benchmark.yaml [--quick] [--seeds 1 2 3]``.
 
 The command line of the benchmark pipeline (:mod:`metakd.pipeline`): reads and checks the config, applies
-the command-line overrides, then lists the plan (``--plan``), runs the cells and writes the report, or only
-rebuilds the report from the result files (``--report-only``).
+the command-line overrides, then lists the CPU plan (``--plan``: every cell's state and estimated CPU
+minutes), runs the cells in priority order (within ``--max-cpu-minutes`` when given) and writes the report,
+or only rebuilds the report from the result files (``--report-only``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from metakd.interrupt import Interrupted
 from metakd.pipeline.config import BUDGETS, STUDIES, PipelineError, check_choices, load_pipeline_config
+from metakd.pipeline.ledger import cost_model, cpu_plan, render_plan
 from metakd.pipeline.markdown import REPORT_END_OF_PRINTED, budget_line
 from metakd.pipeline.plan import plan_cells, selected
 from metakd.pipeline.report import write_results
@@ -52,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-store",
         help="override `results_store`, the folder of the cells' result files (default <results_dir>/cells)",
     )
-    parser.add_argument("--plan", action="store_true", help="list the cells and exit")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="list every cell of every seed with its priority, state (done, reusable, to run) and estimated "
+        "CPU minutes, then the totals, and exit",
+    )
+    parser.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        metavar="N",
+        help="run the cells still to run in the config's priority order, and stop before the first one whose "
+        "estimated CPU minutes would take the run past N (it says what it left)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON/Markdown")
     parser.add_argument(
         "--methods",
@@ -96,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = config.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise PipelineError(f"`workers` (--workers) must be a whole number >= 1, got {workers!r}")
+    if args.max_cpu_minutes is not None and args.max_cpu_minutes <= 0:
+        raise PipelineError(f"--max-cpu-minutes must be a positive number, got {args.max_cpu_minutes:g}")
     if args.plan:
-        for cell in plan_cells(config):
-            if selected(cell, args.kinds, args.cells):
-                print(f"{cell.kind:<8} {cell.name:<36} needs {cell.needs or '-'}")
+        cells = [cell for cell in plan_cells(config) if selected(cell, args.kinds, args.cells)]
+        model = cost_model(config)
+        print("\n".join(render_plan(config, cpu_plan(config, cells, model), model)), flush=True)
         return 0
     counts = {"failed": 0, "blocked": 0}
     if not args.report_only:
@@ -113,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 ray_address=config.get("ray_address"),
                 kinds=args.kinds,
                 patterns=args.cells,
+                max_cpu_minutes=args.max_cpu_minutes,
             )
         except Interrupted as stop:  # no report: the next call finishes the run and writes it
             words = ["pipeline", *(sys.argv[1:] if argv is None else argv)]

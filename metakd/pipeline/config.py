@@ -110,15 +110,19 @@ def row_spec(name: str, variants: dict[str, Any] | None = None, extra_teachers: 
 
 
 def main_rows(
-    methods: list[str], variants: dict[str, Any] | None = None, extra_teachers: dict[str, Any] | None = None
+    methods: list[str],
+    variants: dict[str, Any] | None = None,
+    extra_teachers: dict[str, Any] | None = None,
+    teachers: Any = (),
 ) -> list[tuple[str, str]]:
-    """``(row key, label)`` of the main table: the teachers the rows need, then one row per entry of
-    ``methods``, labelled from the registry or the variant (``Student: <label> (<teacher>)``)."""
+    """``(row key, label)`` of the main table: the teachers the rows need (and the roles of ``teachers``,
+    trained whether a row needs them or not), then one row per entry of ``methods``, labelled from the
+    registry or the variant (``Student: <label> (<teacher>)``)."""
     from metakd.distill import TEACHER_ROLES
 
     extra_teachers = extra_teachers or {}
     specs = [row_spec(method, variants, extra_teachers) for method in methods]
-    roles = {spec.teacher_role for spec in specs}
+    roles = {spec.teacher_role for spec in specs} | set(teachers)
     rows = [TEACHER_ROWS[role] for role in TEACHER_ROWS if role in roles]
     for spec in specs:
         label = f"Student: {spec.label}"
@@ -152,7 +156,8 @@ def deep_merge(base: Any, override: Any) -> Any:
 
 
 def read_extended(path: Path) -> dict[str, Any]:
-    """The YAML of ``path`` merged onto the file its ``extends:`` names (recursively), unprocessed."""
+    """The YAML of ``path`` merged onto the file its ``extends:`` names (recursively), unprocessed. The
+    other file's ``priorities`` are not inherited: they order (and extend) that file's own study."""
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -160,7 +165,9 @@ def read_extended(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise PipelineError(f"{path}: a pipeline config is a mapping, got {type(config).__name__}")
     if "extends" in config:
-        config = deep_merge(read_extended(path.parent / config.pop("extends")), config)
+        base = read_extended(path.parent / config.pop("extends"))
+        base.pop("priorities", None)
+        config = deep_merge(base, config)
     return config
 
 
@@ -204,8 +211,67 @@ def load_pipeline_config(path: str | Path, quick: bool = False) -> dict[str, Any
     config.setdefault("compare_to", "meta")
     config.setdefault("keep_checkpoints", {"teacher": "all", "student": "all"})
     config.setdefault("test_sets", ["test"])
+    check_priorities(path, config)
+    apply_priorities(config)
     check_choices(path, config)
     return config
+
+
+PRIORITY_KEYS = ("name", "rows", "studies", "teachers", "seeds", "cells")
+
+
+def check_priorities(path: str | Path, config: dict[str, Any]) -> None:
+    """``priorities`` is a list of groups, each a mapping of :data:`PRIORITY_KEYS` naming known rows (a
+    variant or a registry method), studies, teacher roles, seeds and cell-name patterns."""
+    groups = config.get("priorities")
+    if groups is None:
+        return
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise PipelineError(
+            f"{path}: `priorities` must be a list of groups, each a mapping of {list(PRIORITY_KEYS[1:])} "
+            f"(the first group runs first), got {groups!r}"
+        )
+    rows = set(config.get("variants") or {}) | set(registered_methods())
+    known = {"studies": set(STUDIES), "teachers": set(TEACHER_ROWS), "rows": rows}
+    for number, group in enumerate(groups, 1):
+        where = f"{path}: priorities, group {number}"
+        unknown = sorted(set(group) - set(PRIORITY_KEYS))
+        if unknown:
+            raise PipelineError(f"{where} has unknown keys {unknown}; known: {list(PRIORITY_KEYS)}")
+        if not set(group) - {"name"}:
+            raise PipelineError(f"{where} selects nothing: give rows, studies, teachers, seeds or cells")
+        for key in PRIORITY_KEYS[1:]:
+            values = group.get(key, [])
+            kind = int if key == "seeds" else str
+            if not isinstance(values, list) or not all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in values
+            ):
+                raise PipelineError(f"{where}: `{key}` must be a list of {kind.__name__}s, got {values!r}")
+            bad = sorted(set(values) - known[key]) if key in known else []
+            if bad:
+                raise PipelineError(f"{where}: unknown {key} {bad}; known: {sorted(known[key])}")
+
+
+def apply_priorities(config: dict[str, Any]) -> None:
+    """The plan covers what the ``priorities`` groups name: their studies join ``studies``, their teacher
+    roles join ``teachers``, and their rows join ``methods`` (the main study's rows), unless a study of the
+    plan has them already (``ablations`` with the ablation study, the scarcity rows with that study)."""
+    groups = config.get("priorities") or []
+    for group in groups:
+        config["studies"] += [s for s in group.get("studies", []) if s not in config["studies"]]
+    planned = set(config["methods"])
+    if "ablation" in config["studies"]:
+        planned |= set(config["ablations"])
+    if "scarcity" in config["studies"]:
+        planned |= set(scarcity_settings(config)[1])
+    for group in groups:
+        for row in group.get("rows", []):
+            if row not in planned:
+                config["methods"].append(row)
+                planned.add(row)
+        if group.get("teachers"):
+            teachers = config.setdefault("teachers", [])
+            teachers += [t for t in group["teachers"] if t not in teachers]
 
 
 def check_choices(path: str | Path, config: dict[str, Any]) -> None:

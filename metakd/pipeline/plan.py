@@ -162,7 +162,7 @@ def plan_cells(config: dict[str, Any]) -> list[Cell]:
     if "main" in studies:
         methods = list(config.get("methods", DEFAULT_METHODS))
         specs = [row_spec(m, config.get("variants"), config["extra_teachers"]) for m in methods]
-        roles = {spec.teacher_role for spec in specs}
+        roles = {spec.teacher_role for spec in specs} | set(config.get("teachers") or [])
         if "single" in roles:  # the teachers of the chosen methods, each also a row of the table
             for domain in domains:
                 single_teacher(domain)
@@ -234,3 +234,52 @@ def selected(cell: Cell, kinds: list[str] | None = None, patterns: list[str] | N
     if kinds and cell.kind not in kinds:
         return False
     return not patterns or any(fnmatch.fnmatchcase(cell.name, p) for p in patterns)
+
+
+def cell_study(cell: Cell) -> str:
+    """The study a cell belongs to (``main`` for the main study's teachers and students)."""
+    study = str(cell.info.get("study", "main"))
+    return "zero_shot" if study == "zero_shot_reference" else study
+
+
+def in_group(group: dict[str, Any], seed: int, cell: Cell) -> bool:
+    """Whether a ``priorities`` group names this cell: its seed is one of the group's ``seeds`` (when
+    given), and one of its ``rows``, ``studies``, ``teachers`` or ``cells`` (when any is given) names it."""
+    if "seeds" in group and seed not in group["seeds"]:
+        return False
+    row = str(cell.info.get("row", ""))
+    selectors = {
+        "rows": lambda r: row in (f"student_{r}", f"student_{r}@A", f"search_{r}"),
+        "studies": lambda s: cell_study(cell) == s,
+        "teachers": lambda t: cell.kind == "teacher" and row == f"teacher_{t}",
+        "cells": lambda pattern: fnmatch.fnmatchcase(cell.name, pattern),
+    }
+    given = [key for key in selectors if key in group]
+    return not given or any(selectors[key](value) for key in given for value in group[key])
+
+
+def priorities(config: dict[str, Any], jobs: list[tuple[int, Cell]]) -> dict[tuple[int, str], int]:
+    """The priority of each ``(seed, cell)``: the number of the first ``priorities`` group that names it
+    (1 for every cell of a config without groups; one more than the last group for a cell none names),
+    raised to that of the most urgent cell of the same seed that needs it (a teacher runs with its first
+    student)."""
+    groups = config.get("priorities") or []
+    rank = {
+        (seed, cell.name): next(
+            (number for number, group in enumerate(groups, 1) if in_group(group, seed, cell)), len(groups) + 1
+        )
+        for seed, cell in jobs
+    }
+    for seed, cell in reversed(jobs):  # students come after what they need: their rank is final first
+        for need in cell.needs:
+            if (seed, need) in rank:
+                rank[(seed, need)] = min(rank[(seed, need)], rank[(seed, cell.name)])
+    return rank
+
+
+def ordered_jobs(config: dict[str, Any], cells: list[Cell]) -> list[tuple[int, Cell]]:
+    """Every ``(seed, cell)`` in the order they run: by priority, then seed, then the planned order (the
+    cells a cell needs come before it: they have its priority or a more urgent one)."""
+    jobs = [(seed, cell) for seed in config["seeds"] for cell in cells]
+    rank = priorities(config, jobs)
+    return sorted(jobs, key=lambda job: rank[(job[0], job[1].name)])  # stable: seed, then planned order

@@ -1,13 +1,18 @@
 """The run's progress on its terminal: a line per finished cell (status, seconds, elapsed time, ETA), the
 counts per status, and what a stop left behind (which cell was interrupted and how the next call resumes it).
 
+The run's ETA is the estimated CPU seconds of the cells still to run (the CPU plan's cost model:
+:mod:`.ledger`) divided by the cores the run uses: the CPU seconds per wall-clock second of the cells this run
+has finished (times the cells run at once), before the first one the machine's cores (one cell at a time) or
+``workers x cell_cpus`` (on Ray).
+
 The progress of each model inside its cell (steps done of total, rate) is its command's own progress bar
 (see :mod:`.invoke`).
 """
 
 from __future__ import annotations
 
-import statistics
+import os
 import time
 from typing import Any
 
@@ -20,11 +25,17 @@ class Progress:
     """One line per finished cell (status, seconds, elapsed, ETA) and the counts per status."""
 
     def __init__(
-        self, config: dict[str, Any], jobs: list[tuple[int, Cell]], stream: Any, parallel: int = 1
+        self,
+        config: dict[str, Any],
+        jobs: list[tuple[int, Cell]],
+        stream: Any,
+        parallel: int = 1,
+        estimates: dict[tuple[int, str], float] | None = None,
     ) -> None:
         self.config, self.jobs, self.stream, self.parallel = config, jobs, stream, max(1, parallel)
+        self.estimates = estimates or {}  # estimated CPU seconds of each job still to run
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-        self.durations: dict[str, list[float]] = {"teacher": [], "search": [], "student": []}
+        self.cpu_and_wall = [0.0, 0.0]  # of the cells this run finished
         self.finished: set[tuple[int, str]] = set()
         self.interrupted: list[tuple[int, Cell]] = []
         self.started = time.monotonic()
@@ -47,22 +58,33 @@ class Progress:
             message = message or resume_note(self.config, seed, cell)
         self.counts[status] = self.counts.get(status, 0) + 1
         if status == "done":
-            self.durations[cell.kind].append(seconds)
+            result = read_result(self.config, seed, cell.name) or {}
+            if result.get("cpu_seconds") is not None and seconds > 0:
+                self.cpu_and_wall[0] += float(result["cpu_seconds"])
+                self.cpu_and_wall[1] += seconds
         self.finished.add((seed, cell.name))
-        remaining = [
-            c
+        left = sum(
+            self.estimates.get((s, c.name), 0.0)
             for s, c in self.jobs
             if (s, c.name) not in self.finished and read_result(self.config, s, c.name) is None
-        ]
-        eta = estimate_eta(remaining, self.durations, self.parallel)
-        elapsed = time.monotonic() - self.started
+        )
+        elapsed, eta = time.monotonic() - self.started, format_seconds(left / self.cores())
         line = (
             f"[{len(self.finished):{self.width}d}/{len(self.jobs)}] seed {seed} {cell.name:<36} {status:<7} "
-            f"{seconds:7.1f}s | elapsed {format_seconds(elapsed)} | ETA {eta}"
+            f"{seconds:7.1f}s | elapsed {format_seconds(elapsed)} | ETA {eta} ({left / 60:.1f} CPU-min left)"
         )
         if message:
             line += f" | {message}"
         print(line, file=self.stream, flush=True)
+
+    def cores(self) -> float:
+        """The cores the run keeps busy (see the module docstring)."""
+        cpu, wall = self.cpu_and_wall
+        if wall > 0 and cpu > 0:
+            return self.parallel * cpu / wall
+        if self.parallel > 1:
+            return float(self.parallel * self.config.get("cell_cpus", 1))
+        return float(os.cpu_count() or 1)
 
     def stopped(self, stop: Interrupted) -> Interrupted:
         """``stop`` with what finished and what was interrupted (its :attr:`Interrupted.detail`)."""
@@ -94,19 +116,6 @@ def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
     if last.is_file():
         return f"the next call resumes it from {last}"
     return "no checkpoint yet: the next call starts it over"
-
-
-def estimate_eta(remaining: list[Cell], durations: dict[str, list[float]], parallel: int = 1) -> str:
-    if not remaining:
-        return "0s"
-    known = [d for values in durations.values() for d in values]
-    if not known:
-        return "?"
-    total = 0.0
-    for cell in remaining:
-        values = durations[cell.kind] or known
-        total += statistics.median(values)
-    return format_seconds(total / parallel)
 
 
 def format_seconds(seconds: float) -> str:

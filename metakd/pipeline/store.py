@@ -53,6 +53,13 @@ def cell_key(config: dict[str, Any], seed: int, cell: Cell | str) -> str:
     return cellstore.cell_key(_cell_config(config, seed, cell, paths=False))
 
 
+def cell_identity(config: dict[str, Any], seed: int, cell: Cell | str) -> dict[str, Any]:
+    """What the cell's key is the hash of (:func:`.cellstore.identity`): its config as its result file
+    records it, with no machine paths."""
+    cell = planned_cell(config, cell) if isinstance(cell, str) else cell
+    return cellstore.identity(_cell_config(config, seed, cell, paths=False))
+
+
 def store_path(config: dict[str, Any], seed: int, cell: Cell | str) -> Path:
     """The cell's folder in the local store."""
     return store_dir(config) / cell_key(config, seed, cell)

@@ -89,7 +89,7 @@ def table_rows(config: dict[str, Any], planned: set[str]) -> list[Row]:
                                 study, method))  # fmt: skip
 
     if "main" in config["studies"]:
-        for key, label in main_rows(list(config["methods"]), variants, extra):
+        for key, label in main_rows(list(config["methods"]), variants, extra, config.get("teachers") or ()):
             if key.startswith("teacher_"):
                 rows.append(Row(key, label, "teacher", {d: main_cell_name(key, d) for d in domains}))
         student_rows(list(config["methods"]), list(config["budgets"]), "main")

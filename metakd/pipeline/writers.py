@@ -66,7 +66,8 @@ class DevCurveWriter(_Callback):  # type: ignore[misc,valid-type]
     ``path`` (JSON) holds ``{"checks": [{"step", "epoch", "val/acc", ...}, ...], "end": {...}}``, rewritten
     atomically after each check. A resumed fit keeps the earlier checks (a check at the same step is
     replaced). ``end``: the last global step, the trainer's ``max_steps``/``max_epochs``, the best
-    checkpoint and its score, and whether early stopping stopped the fit.
+    checkpoint and its score, whether early stopping stopped the fit, and the size of the training set
+    (``train_examples``, when the datamodule has a ``train_dataset``: what the CPU plan's cost model reads).
     """
 
     def __init__(self, path: str) -> None:
@@ -106,6 +107,9 @@ class DevCurveWriter(_Callback):  # type: ignore[misc,valid-type]
             "early_stopped": any(int(c.wait_count) >= int(c.patience) for c in stoppers),
             "early_stopping": [{"monitor": c.monitor, "patience": c.patience} for c in stoppers],
         }
+        train = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
+        if train is not None:
+            end["train_examples"] = len(train)
         self._write(end)
 
     def _write(self, end: dict[str, Any] | None) -> None:
