@@ -218,11 +218,20 @@ class CostModel:
         """Estimated CPU seconds of a cell (``resolved``: its config as :func:`.cellstore.identity` gives)."""
         return self.fit_for(kind, resolved).estimate(self.units(kind, resolved, test_sets))
 
-    def mean_error(self) -> float | None:
-        """Mean of ``|estimate - measured| / measured`` over the finished cells (the fit's own error)."""
-        errors = [
-            abs(self.families[c.family].estimate(c.units) - c.cpu_seconds) / c.cpu_seconds
-            for c in self.finished
-            if c.cpu_seconds > 0
-        ]
+    def mean_error(self, leave_one_out: bool = False) -> float | None:
+        """Mean of ``|estimate - measured| / measured`` over the finished cells: of the fits themselves, or
+        (``leave_one_out``) of each cell estimated by the fits of the others (as a cell still to run is)."""
+        errors = []
+        for index, cell in enumerate(self.finished):
+            if cell.cpu_seconds <= 0:
+                continue
+            fitted = self.families[cell.family]
+            if leave_one_out:
+                others = [c for i, c in enumerate(self.finished) if i != index]
+                points = [(c.units, c.cpu_seconds) for c in others if c.family == cell.family] or [
+                    (c.units, c.cpu_seconds) for c in others if c.kind == cell.kind
+                ]
+                default = Fit(0.0, DEFAULT_RATES.get(cell.kind, DEFAULT_RATES["student"]), 0, "default")
+                fitted = fit(points, "family") if points else default
+            errors.append(abs(fitted.estimate(cell.units) - cell.cpu_seconds) / cell.cpu_seconds)
         return sum(errors) / len(errors) if errors else None

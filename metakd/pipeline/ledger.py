@@ -118,15 +118,20 @@ def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def describe(entry: Entry) -> str:
     """The state column of a plan line, with what it depends on."""
+    text = entry.state
     if entry.state == "reusable":
-        return f"reusable (made for {entry.made_for or 'another config'})"
-    if entry.state == "done" and entry.retrained_for:
-        return f"done; its checkpoint is not here: trained again for {', '.join(entry.retrained_for)}"
-    if entry.state == "to run" and entry.retrains:
-        return f"to run, after training {', '.join(entry.retrains)} again (+{minutes(entry.retrain_cost)})"
-    return entry.state
+        text = f"reusable (made for {entry.made_for or 'another config'})"
+    if entry.retrained_for:
+        text += f"; its checkpoint is not here: trained again for {_names(entry.retrained_for)}"
+    if entry.retrains:
+        text += f", after training {_names(entry.retrains)} again (+{minutes(entry.retrain_cost)})"
+    return text
 
 
 def render_plan(config: dict[str, Any], entries: list[Entry], model: CostModel) -> list[str]:
@@ -166,11 +171,16 @@ def totals(entries: list[Entry], model: CostModel) -> list[str]:
         lines.append(
             f"  priority {priority}: {len(mine)} cells to run, {minutes(sum(e.cost for e in mine))} CPU-min"
         )
-    error = model.mean_error()
+    error, unseen = model.mean_error(), model.mean_error(leave_one_out=True)
     sources = {source: sum(e.source == source for e in entries) for source in ("family", "kind", "default")}
     lines.append(
         f"cost model: {len(model.families)} families fitted on {len(model.finished)} finished cells"
-        + (f" (estimates within {100 * error:.0f}% of the measured CPU time on average)" if error else "")
+        + (
+            f" (estimates within {100 * error:.0f}% of the measured CPU time on average; each estimated "
+            f"from the others: {100 * unseen:.0f}%)"
+            if error is not None and unseen is not None
+            else ""
+        )
         + "; cells estimated from their family's fit / their kind's / built-in rates: "
         + " / ".join(str(count) for count in sources.values())
     )
