@@ -196,6 +196,10 @@ class ModelSpec:
     student: dict[str, Any]
     tiny: dict[str, Any]
     accuracy: tuple[str, str, str] | None = None
+    slots: int = 1
+    """Input ids per token position: a pQRNN on the ``pqrnn-features`` featurizer reads 8 per word, so
+    its inputs have ``seq`` words of 8 ids (the featurizer's own hashing is not timed, as no model's
+    tokenizer is)."""
 
 
 TINY_EMBEDDINGS = {"embedding_init": "random", "embedding_dim": 16}
@@ -218,7 +222,7 @@ STUDENTS: list[ModelSpec] = [
     ),
     ModelSpec(
         "bilstm",
-        "BiLSTM: 1 layer x 150 per direction, MiniLM embeddings (384)",
+        "BiLSTM: 1 layer x 150 per direction, final states, MiniLM embeddings (384)",
         {"student_model": {"class_path": "bilstm"}},
         {"student_model": {"class_path": "bilstm", "init_args": {**TINY_EMBEDDINGS, "hidden_size": 8}}},
         ("amazon_tiny.json", "student_bilstm_tang", TINY_TEACHER_RESULTS),
@@ -243,6 +247,30 @@ STUDENTS: list[ModelSpec] = [
         {"student_model": {"class_path": "pqrnn"}},
         {"student_model": {"class_path": "pqrnn", "init_args": {"projection_size": 16, "hidden_size": 8}}},
         ("amazon_tiny.json", "student_pqrnn_tang", TINY_TEACHER_RESULTS),
+    ),
+    ModelSpec(
+        "textcnn_m2v128",
+        "TextCNN: widths 3/4/5 x 100 filters, model2vec embeddings distilled from MiniLM (PCA 128)",
+        {
+            "student_model": {
+                "class_path": "textcnn",
+                "init_args": {"embedding_init": "model2vec", "embedding_dim": 128, "filters": 100},
+            }
+        },
+        {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 4}}},
+        ("amazon_tiny.json", "student_textcnn_m2v128_tang", "teacher_mixed"),
+    ),
+    ModelSpec(
+        "pqrnn_features",
+        "pQRNN as published: word + character-trigram hashes (8 ids a word), projection 128, "
+        "bottleneck 128, 2 BiQRNN layers x 96, quantisation-aware",
+        {"tokenizer_name": "pqrnn-features", "student_model": {"class_path": "pqrnn"}},
+        {
+            "tokenizer_name": "pqrnn-features",
+            "student_model": {"class_path": "pqrnn", "init_args": {"projection_size": 16, "hidden_size": 8}},
+        },
+        ("amazon_tiny.json", "student_pqrnn_features_tang", "teacher_mixed"),
+        slots=8,
     ),
 ]
 RUNTIMES = ("pytorch", "onnx", "onnx_int8")
@@ -270,14 +298,13 @@ def runners(args: argparse.Namespace, workdir: Path, dm: Any, specs: list[ModelS
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    example = make_inputs(2, 16, seed=1)
     built: dict[str, Any] = {}
     for spec in specs:
         model = build_model(args, dm, spec)
         weights = workdir / f"{spec.name}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         onnx_path, int8_path = workdir / f"{spec.name}.onnx", workdir / f"{spec.name}.int8.onnx"
-        export_onnx(model, example, onnx_path)
+        export_onnx(model, make_inputs(2, 16 * spec.slots, seed=1), onnx_path)
         quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
         sessions = {
             runtime: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -286,7 +313,8 @@ def runners(args: argparse.Namespace, workdir: Path, dm: Any, specs: list[ModelS
         runtimes: dict[str, Any] = {"pytorch": (torch_runner(model), file_size_mb(weights))}
         for runtime, path in (("onnx", onnx_path), ("onnx_int8", int8_path)):
             runtimes[runtime] = (onnx_runner(sessions[runtime]), file_size_mb(path))
-        built[spec.name] = {"label": spec.label, "params": param_count(model), "runtimes": runtimes}
+        built[spec.name] = {"label": spec.label, "params": param_count(model), "runtimes": runtimes,
+                            "slots": spec.slots}  # fmt: skip
     return built
 
 
@@ -330,14 +358,17 @@ def inference_benchmark(args: argparse.Namespace, workdir: Path, dm: Any) -> dic
     machine hits all of them alike; medians over the rounds."""
     specs = [TEACHER, *STUDENTS]
     models = runners(args, workdir, dm, specs)
-    big, single = make_inputs(args.batch, args.seq), make_inputs(1, args.seq)
+    inputs = {slots: (make_inputs(args.batch, args.seq * slots), make_inputs(1, args.seq * slots))
+              for slots in {model["slots"] for model in models.values()}}  # fmt: skip
     times: dict[tuple[str, str], dict[str, list[float]]] = {}
     for name, model in models.items():
+        big, single = inputs[model["slots"]]
         for runtime, (fn, _) in model["runtimes"].items():
             fn(big), fn(single)  # warm-up (allocations, ONNX Runtime's first run)
             times[name, runtime] = {"batch": [], "single": []}
     for _ in range(args.reps):
         for name, model in models.items():
+            big, single = inputs[model["slots"]]
             for runtime, (fn, _) in model["runtimes"].items():
                 times[name, runtime]["batch"].append(timed(fn, big, args.clock))
                 times[name, runtime]["single"].extend(

@@ -2,14 +2,16 @@
 
 Reads the finished cells of the search pipeline (``python -m metakd pipeline --config
 configs/amazon/benchmark_search.yaml``) and writes ``<out>/<name>_students.{json,md,png}``: per domain, the
-teacher, the 2-layer MiniLM student and the AdaBERT student searched for that domain, on
+teacher and every row of the config's ``methods`` (the 2-layer MiniLM student, the students searched for
+that domain by AdaBERT and by RoSearch, the tiny students), on
 
 - accuracy (test, selected on dev) and robustness (accuracy under the word-substitution attack and the
   attack success rate, from the cells' ``robustness_<domain>.json``), read from the cells;
 - size (parameters, float32 MB) and CPU inference throughput, **measured here in one run**: the same
   batch of the domain's test reviews (padded to ``--seq`` tokens), the same thread count, interleaved
   repetitions, medians (``speed.py``'s method);
-- the searched architecture (operations, cells, FLOPs per token), and whether the domains' differ.
+- the searched architecture (operations, cells, FLOPs per token, the entropy of AdaBERT's operation
+  distribution before and after the search), and whether the domains' differ.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def measure(models: dict[str, Any], batches: dict[str, dict], repeats: int) -> d
 def main(argv: list[str] | None = None) -> int:
     from metakd import pipeline
     from metakd.pipeline import cellstore
-    from metakd.search.adabert import describe
+    from metakd.search.derive import describe
     from metakd.utils import import_object
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,17 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     section = config["student"]["data"]
     data = import_object(section["class_path"])(**section.get("init_args", {}))
-    searched_row = next(
-        m for m in config["methods"] if (config.get("variants") or {}).get(m, {}).get("search")
-    )
-    rows = {
-        "teacher": "teacher/mixed",
-        "minilm_2l": "student/vanilla/{d}",
-        "adabert": f"student/{searched_row}/{{d}}",
-    }
-    labels = {"teacher": "teacher (MiniLM-L6, mixed-domain)",
-              "minilm_2l": "MiniLM 2-layer student, vanilla KD",
-              "adabert": "AdaBERT student searched for the domain, vanilla KD"}  # fmt: skip
+    rows, labels, searched = table_rows(config)
     models, batches, entries = {}, {}, {}
     for domain in config["domains"]:
         for row, pattern in rows.items():
@@ -144,15 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                     {k: report[k] for k in ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")}
                 )
                 entry["attacked_examples"] = report["examples"]
-            if row == "adabert":
+            if row in searched:
                 stored = result["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
                 path = Path(cellstore.fill_store(stored, pipeline.store_dir(config)))
                 architecture = json.loads(path.read_text(encoding="utf-8"))
                 entry["architecture"] = describe(architecture)
                 entry["flops_per_token"] = architecture["cost"]["flops_per_token"]
                 entry["cell_json"] = {"num_cells": architecture["num_cells"], "cell": architecture["cell"]}
-            # the teacher and the MiniLM students have one shape: timed once (on the first domain)
-            if row == "adabert" or domain == config["domains"][0]:
+                entry["op_entropy"] = architecture.get("derived_from", {}).get("op_entropy")
+            # the teacher and the unsearched students have one shape: timed once (on the first domain)
+            if row in searched or domain == config["domains"][0]:
                 models[key], batches[key] = model, probe_batch(data, domain, args.batch, args.seq)
             entries[key] = entry
     throughput = measure(models, batches, args.repeats)
@@ -162,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     base = throughput.get(f"teacher/{config['domains'][0]}")
     for entry in entries.values():
         entry["speedup_vs_teacher"] = round(entry["examples_per_s"] / base, 2) if base else None
-    cells = [json.dumps(e["cell_json"], sort_keys=True) for e in entries.values() if "cell_json" in e]
+    cells = {
+        row: [json.dumps(e["cell_json"], sort_keys=True) for e in entries.values() if e["row"] == row]
+        for row in searched
+    }
     summary = {
         "config": str(args.config),
         "seed": seed,
         "measure": {"batch": args.batch, "seq": args.seq, "threads": args.threads, "repeats": args.repeats},
         "entries": entries,
-        "architectures_differ_across_domains": len(set(cells)) > 1,
-        "distinct_architectures": len(set(cells)),
+        "architectures_differ_across_domains": any(len(set(c)) > 1 for c in cells.values()),
+        "distinct_architectures": {row: len(set(c)) for row, c in cells.items()},
         "versions": pipeline.package_versions(),
     }
     name = f"{config['name']}_students"
@@ -178,6 +174,39 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, out_dir / f"{name}.png")
     print(render(summary))
     return 0
+
+
+def table_rows(config: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """``(row -> cell pattern, row -> label, the searched rows)``: the mixed teacher, then each method of
+    the config (``vanilla``: the 2-layer MiniLM student ``minilm_2l``; a row with a search config:
+    ``adabert`` or ``rosearch`` by the search it runs; any other row under its own name)."""
+    import yaml
+
+    variants = config.get("variants") or {}
+    rows = {"teacher": "teacher/mixed"}
+    labels = {"teacher": "teacher (MiniLM-L6, mixed-domain)"}
+    searched: set[str] = set()
+    for method in config["methods"]:
+        variant = variants.get(method) or {}
+        key = method
+        if method == "vanilla":
+            key, label = "minilm_2l", "MiniLM 2-layer student, vanilla KD"
+        elif variant.get("search"):
+            search = yaml.safe_load(Path(variant["search"]).read_text(encoding="utf-8")) or {}
+            strategy = "rosearch" if (search.get("rosearch") or {}).get("enabled") else "adabert"
+            key = strategy if strategy not in rows else method
+            label = variant.get("label") or f"{strategy} student searched for the domain"
+            searched.add(key)
+        else:
+            label = variant.get("label") or method
+        rows[key], labels[key] = f"student/{method}/{{d}}", label
+    return rows, labels, searched
+
+
+def entropy_text(entropy: dict[str, float] | None) -> str:
+    if not entropy:
+        return "—"
+    return f"{entropy['initial']:.3f} -> {entropy['final']:.3f} (max {entropy['max']:.3f})"
 
 
 def pct(value: Any) -> str:
@@ -209,15 +238,19 @@ def render(summary: dict[str, Any]) -> str:
         "",
         "## Architectures searched per domain",
         "",
-        "| domain | architecture | FLOPs/token |",
-        "| --- | --- | ---: |",
+        "| domain | search | architecture | FLOPs/token | operation entropy (AdaBERT) |",
+        "| --- | --- | --- | ---: | ---: |",
     ]
     for e in summary["entries"].values():
         if "architecture" in e:
-            lines.append(f"| {e['domain']} | {e['architecture']} | {e['flops_per_token']:,} |")
+            lines.append(
+                f"| {e['domain']} | {e['row']} | {e['architecture']} | {e['flops_per_token']:,} | "
+                f"{entropy_text(e.get('op_entropy'))} |"
+            )
     differ = summary["architectures_differ_across_domains"]
+    distinct = ", ".join(f"{row}: {n}" for row, n in summary["distinct_architectures"].items())
     lines += ["", f"The searched architectures {'differ' if differ else 'do not differ'} across domains "
-              f"({summary['distinct_architectures']} distinct).", ""]  # fmt: skip
+              f"(distinct per search: {distinct}).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -230,11 +263,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
-    markers = {"teacher": "s", "minilm_2l": "o", "adabert": "^"}
+    markers = {"teacher": "s", "minilm_2l": "o", "adabert": "^", "rosearch": "v"}
     for e in summary["entries"].values():
         for axis, key in zip(axes, ("accuracy", "accuracy_under_attack")):
             if e.get(key) is not None:
-                axis.scatter(e["examples_per_s"], 100 * e[key], marker=markers[e["row"]], label=e["row"])
+                marker = markers.get(e["row"], "D")
+                axis.scatter(e["examples_per_s"], 100 * e[key], marker=marker, label=e["row"])
                 axis.annotate(e["domain"][:4], (e["examples_per_s"], 100 * e[key]), fontsize=7)
     for axis, title in zip(axes, ("test accuracy (%)", "accuracy under attack (%)")):
         axis.set_xscale("log")

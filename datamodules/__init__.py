@@ -6,7 +6,7 @@ from datamodules.base import MultiDomainDataModule
 from datamodules.eda import EDA
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
-from datamodules.l2a import L2ACandidates
+from datamodules.l2a_generator import L2AGenerator
 from datamodules.mnli import MNLIDataModule
 from datamodules.tang_augment import TangAugmenter  # registers the `tang` augmenter
 
@@ -18,7 +18,7 @@ __all__ = [
     "DataError",
     "EDA",
     "JsonlDataModule",
-    "L2ACandidates",
+    "L2AGenerator",
     "MNLIDataModule",
     "MultiDomainDataModule",
     "TangAugmenter",

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from datamodules.augment import AugmentContext, augmented_records, parse_augment
 from datamodules.errors import DataError
-from metakd.backbones import DEFAULT_BACKBONE, load_tokenizer
+from metakd.backbones import DEFAULT_BACKBONE, backbone_position_limit, load_tokenizer
+from metakd.validation import check_max_length_fits
 
 logger = logging.getLogger("metakd.data")
 
@@ -52,7 +53,12 @@ def _sha(payload: Any) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A content hash of a tokenizer: what it does to text, not where it was loaded from."""
+    """A content hash of a tokenizer: what it does to text, not where it was loaded from (a pQRNN
+    featurizer, ``metakd.text_features``, hashes its settings)."""
+    from metakd.text_features import TextFeaturizer
+
+    if isinstance(tokenizer, TextFeaturizer):
+        return tokenizer.fingerprint()
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -241,6 +247,8 @@ class MultiDomainDataModule(LightningDataModule):
         self.save_hyperparameters()
         if not isinstance(max_length, int) or max_length < 4:
             raise DataError(f"max_length must be an integer >= 4, got {max_length!r}")
+        limit = backbone_position_limit(backbone)
+        check_max_length_fits("max_length", max_length, limit, f"backbone {backbone!r}", DataError)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
@@ -435,6 +443,23 @@ class MultiDomainDataModule(LightningDataModule):
             positions = [positions[k] for k in keep]
         return positions
 
+    def with_backbone(self, backbone: str) -> MultiDomainDataModule:
+        """The same examples (same splits, selection, augmentation and ``example_ids``) tokenised by
+        another backbone's tokenizer, set up: a teacher's view of a student's data when the student reads
+        other ids (a pQRNN featurizer). Itself when ``backbone`` is its own."""
+        if backbone == self.backbone:
+            return self
+        view = type(self)(**{**dict(self.hparams), "backbone": backbone})
+        view.setup()
+        return view
+
+    def loaded_records(self, split: str) -> list[Record]:
+        """The records of ``split`` this datamodule loads (after ``target_domain`` and ``train_fraction``,
+        without augmented examples), each with its ``example_id``: for a model trained outside Lightning
+        on the same examples (e.g. ``benchmarks/model2vec_peer.py``)."""
+        raw = self.raw_splits()[split]
+        return [{**raw[i], "example_id": i} for i in self._selected_positions(split)]
+
     def _count(self, records: list[Record]) -> dict[str, int]:
         counts = Counter(r["domain"] for r in records)
         return {d: counts.get(d, 0) for d in self.domain_names}
@@ -549,8 +574,8 @@ class MultiDomainDataModule(LightningDataModule):
 
     def select_augmented(self, example_ids: list[int] | None) -> None:
         """Serve only these augmented examples (with every loaded original) from ``train_dataloader``
-        until the next call; None: all of them. A selector (``metakd.l2a``) calls this between epochs,
-        with ``trainer.reload_dataloaders_every_n_epochs=1``."""
+        until the next call; None: all of them. For a selection between epochs (with
+        ``trainer.reload_dataloaders_every_n_epochs=1``); L2A's selector chooses within each batch instead."""
         if self._full_train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before select_augmented()")
         if example_ids is None:

@@ -189,14 +189,16 @@ class EDA(Augmenter):
 
     def augment(self, record: dict[str, Any], num: int, rng: random.Random) -> list[dict[str, str]]:
         """``num`` edited versions: ``num // 4 + 1`` per operation (per the paper's code; with fewer
-        operations proportionally more each), shuffled, the first ``num`` kept. Pairs: both sides."""
+        operations proportionally more each), shuffled, the first ``num`` kept. Pairs: both sides. Each
+        version names its ``operation`` (``sr``, ``ri``, ``rs`` or ``rd``; L2A's edit type)."""
         if num == 0:
             return []
         per_operation = num // len(self.operations) + 1
         versions = []
         for operation in self.operations:
             for _ in range(per_operation):
-                new = {"text": " ".join(self.edit(operation, record["text"].split(), rng))}
+                edited = self.edit(operation, record["text"].split(), rng)
+                new = {"text": " ".join(edited), "operation": operation}
                 if record.get("text_pair") is not None:
                     new["text_pair"] = " ".join(self.edit(operation, record["text_pair"].split(), rng))
                 versions.append(new)

@@ -70,9 +70,15 @@ def _load_failure(name: str, err: Exception) -> BackboneError:
 
 
 def load_tokenizer(name: str, **kwargs: Any):
-    """``AutoTokenizer.from_pretrained`` on a resolved backbone name, with a clear error."""
+    """``AutoTokenizer.from_pretrained`` on a resolved backbone name, with a clear error; a pQRNN
+    featurizer preset or directory (:mod:`metakd.text_features`) gives that featurizer instead."""
     from transformers import AutoTokenizer
 
+    from metakd.text_features import featurizer_for
+
+    featurizer = featurizer_for(name) if isinstance(name, str) else None
+    if featurizer is not None:
+        return featurizer
     path = resolve_backbone(name)
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
@@ -89,6 +95,34 @@ def load_config(name: str, **kwargs: Any):
         return AutoConfig.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_failure(name, err) from err
+
+
+# Position ids of these encoders start after the padding index: pad_token_id + 1 of their
+# max_position_embeddings never hold a token.
+PADDING_OFFSET_MODEL_TYPES = frozenset(
+    {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm"}
+)
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens an encoder with this HF config reads: its ``max_position_embeddings`` (less the
+    padding offset of RoBERTa-style encoders); None when the config sets no limit."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
+        limit -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+@lru_cache(maxsize=32)
+def backbone_position_limit(name: str) -> int | None:
+    """:func:`position_limit` of a backbone's config; None when the backbone has no loadable config (a
+    tokenizer-only directory, a hub name that cannot be reached: loading its tokenizer reports that)."""
+    try:
+        return position_limit(load_config(name))
+    except BackboneError:
+        return None
 
 
 def load_encoder(name: str, attn_implementation: str | None = None, **kwargs: Any):
@@ -129,8 +163,11 @@ def load_classifier(name: str, **kwargs: Any):
 
 @lru_cache(maxsize=16)
 def tokenizer_signature(name: str) -> tuple[str, int, str]:
-    """``(name_or_path, vocabulary size, sha256 of the vocabulary)`` of a backbone's tokenizer."""
+    """``(name_or_path, vocabulary size, sha256 of the vocabulary)`` of a backbone's tokenizer (a pQRNN
+    featurizer: its id space and the hash of its settings)."""
     tokenizer = load_tokenizer(name)
+    if hasattr(tokenizer, "fingerprint"):
+        return str(tokenizer.name_or_path), len(tokenizer), tokenizer.fingerprint()
     vocab = sorted(tokenizer.get_vocab().items())
     digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
     return str(getattr(tokenizer, "name_or_path", name)), len(tokenizer), digest

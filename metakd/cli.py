@@ -20,8 +20,10 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from metakd.config_overrides import expand_mapping_overrides, model_options, registered_name_error
 from metakd.errors import (
     TRACEBACK_FLAG,
     ConfigError,
@@ -72,6 +74,21 @@ class MetaKDCLI(LightningCLI):
         for source, target in DATA_TO_MODEL_LINKS.items():
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # A key inside a mapping-valued option (`--model.init_args.student_model.init_args.speed 0.4`)
+        # is merged into that mapping here: jsonargparse alone would misplace it (metakd/config_overrides.py).
+        if isinstance(args, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+            return
+        self.command_line = sys.argv[1:] if args is None else list(args)
+        try:
+            self.config = parser.parse_args(expand_mapping_overrides(parser.parse_args, self.command_line))
+        except ArgumentError as err:
+            clearer = registered_name_error(err)
+            if clearer is None:
+                raise
+            raise clearer from err
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         copy_optional_links(config)
@@ -96,6 +113,8 @@ class MetaKDCLI(LightningCLI):
                 init_args.save_dir = os.path.normpath(os.path.join(root, str(save_dir)))
 
     def instantiate_classes(self) -> None:
+        from metakd.validation import check_data_fits_model
+
         try:
             super().instantiate_classes()
         except Exception as err:
@@ -106,6 +125,8 @@ class MetaKDCLI(LightningCLI):
                 if where:
                     annotate(found, where)
             raise
+        # An input longer than an encoder's position embeddings would fail in the first batch.
+        check_data_fits_model(self.datamodule, self.model)
 
     def after_fit(self) -> None:
         link_best_checkpoint(self.trainer)
@@ -138,17 +159,31 @@ class MetaKDCLI(LightningCLI):
             model = self.config[subcommand].get("model")
             class_path = model.get("class_path") if hasattr(model, "get") else None
             check_checkpoint_file(ckpt_path, expected=str(class_path or "Lightning").rpartition(".")[2])
+        parsed = self.config
         try:
             super()._parse_ckpt_path()
         except ArgumentError as err:  # the checkpoint's stored hyperparameters do not fit this config
             annotate(err, f"in the hyperparameters stored in --ckpt_path {ckpt_path}")
             raise
+        # Lightning lays the checkpoint's hyperparameters over the parsed config; a model option given on
+        # the command line (`test --ckpt_path X --model.init_args.student_model.init_args.speed 0.4`) still
+        # wins over them, as it would over a config file (a key inside a mapping: over the checkpoint's).
+        overrides = model_options(getattr(self, "command_line", []))
+        if self.config is not parsed and overrides:
+            stored = self.config
+
+            def parse(words: list[str]) -> Any:
+                return self.parser.parse_args(words, namespace=stored)
+
+            self.config = parse(expand_mapping_overrides(parse, [subcommand, *overrides]))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from lightning_fabric.utilities.exceptions import MisconfigurationException
+        from pytorch_lightning.callbacks import ProgressBar
         from pytorch_lightning.plugins.io import CheckpointIO
 
         from metakd.checkpointing import AtomicCheckpointIO, RNGStateCallback
+        from metakd.progress import progress_bar_from_environment
 
         # Checkpoints are written atomically (metakd/checkpointing.py) unless the user picks a CheckpointIO.
         plugins = config.get("plugins")
@@ -157,8 +192,16 @@ class MetaKDCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         # Random generator states travel with the checkpoints, so a resumed run draws the same numbers.
+        callbacks = [*callbacks, RNGStateCallback()]
+        # The progress bar: metakd's (a plain line now and then off a terminal; metakd/progress.py).
+        given = config.get("callbacks")
+        given = [] if given is None else given if isinstance(given, list) else [given]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(callback, ProgressBar) for callback in [*given, *callbacks]
+        ):
+            callbacks.append(progress_bar_from_environment())
         try:
-            return super()._instantiate_trainer(config, [*callbacks, RNGStateCallback()])
+            return super()._instantiate_trainer(config, callbacks)
         except MisconfigurationException as err:  # a bad trainer.* value, named by Lightning's message
             trainer_options = accepted_options("pytorch_lightning.Trainer")
             raise annotate(
@@ -263,13 +306,15 @@ class MetaKDSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
-def run_lightning_cli(args: list[str] | None = None) -> MetaKDCLI:
-    """Run the LightningCLI subcommands (fit/validate/test/predict).
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> MetaKDCLI:
+    """Run the LightningCLI subcommands (fit/validate/test/predict); with ``run=False``, only parse ``args``
+    (no subcommand) and build the trainer, model and datamodule.
 
     Parse errors raise ``ArgumentError`` (``exit_on_error=False``) instead of printing the usage and
     exiting: :func:`main`'s error boundary prints them as one ``error:`` line.
     """
     return MetaKDCLI(
+        run=run,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=MetaKDSaveConfigCallback,

@@ -11,7 +11,8 @@ method registry (format 1: an HF config only) export as before.
 
 Checks: the re-loaded directory reproduces the checkpoint's logits on a probe batch (max abs diff
 <= 1e-5); the ONNX model reproduces them within ``--atol`` (1e-4; an error otherwise); the int8
-model's agreement (argmax agreement, max abs diff) is reported without a tolerance. ``model.onnx``
+model's agreement (argmax agreement, max abs diff) is reported without a tolerance. The report gives the size
+in MB of every weights file (``size_mb``). ``model.onnx``
 traces the architecture's forward (for an early-exit student: every layer); an architecture may add
 its own ONNX files beside it (``StudentModel.export_onnx_extras``, e.g. one graph per exit point),
 which it checks itself; they are listed in ``export_report.json`` (``onnx_extras``).
@@ -59,6 +60,7 @@ class ExportReport:
     int8_max_abs_diff: float | None = None
     int8_argmax_agreement: float | None = None
     onnx_extras: dict[str, Any] | None = None
+    size_mb: dict[str, float] | None = None
 
 
 def read_student_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -110,8 +112,8 @@ def build_hf_model(checkpoint: dict[str, Any]) -> nn.Module:
     return model.hf_model.eval()
 
 
-def _probe_batch(tokenizer: Any) -> dict[str, Tensor]:
-    encoded = tokenizer(PROBE_TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+def _probe_batch(tokenizer: Any, texts: list[str] = PROBE_TEXTS, max_length: int = 64) -> dict[str, Tensor]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     if "token_type_ids" not in encoded:
         encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
     return {k: encoded[k] for k in ONNX_INPUTS}
@@ -137,9 +139,10 @@ def _onnx_logits(path: Path, batch: dict[str, Tensor]) -> Tensor:
 def export_onnx(model: nn.Module, batch: dict[str, Tensor], path: Path, opset: int = ONNX_OPSET) -> None:
     """``torch.onnx.export`` (TorchScript exporter) of ``(input_ids, attention_mask, token_type_ids) ->
     logits`` with dynamic batch and sequence axes; ``model`` is a StudentModel or an HF model."""
-    from metakd.students.base import logits_only
+    from metakd.students.base import StudentModel, logits_only
 
-    wrapper = logits_only(model).eval()
+    traced = model.for_export() if isinstance(model, StudentModel) else model
+    wrapper = logits_only(traced).eval()
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
     dynamic_axes["logits"] = {0: "batch"}
     with torch.no_grad():
@@ -250,7 +253,7 @@ def _write_export(
         onnx_path = out / "model.onnx"
         export_onnx(model, batch, onnx_path)
         # Probe another shape too, so a shape baked in by tracing would show.
-        probes = [batch, {k: v[:2, : max(3, v.shape[1] // 2)] for k, v in batch.items()}]
+        probes = [batch, _probe_batch(tokenizer, PROBE_TEXTS[:2], max_length=8)]
         diff = 0.0
         for probe in probes:
             expected = _logits(model, probe)
@@ -272,7 +275,14 @@ def _write_export(
             report.int8_argmax_agreement = float(
                 (quantized.argmax(-1) == reference.argmax(-1)).float().mean()
             )
+    report.size_mb = file_sizes_mb(out)
     return report
+
+
+def file_sizes_mb(directory: Path) -> dict[str, float]:
+    """The size in MB (10^6 bytes) of each weights file of an export (``*.safetensors``, ``*.onnx``)."""
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".onnx"))
+    return {p.name: round(p.stat().st_size / 1e6, 4) for p in files}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ckpt, args.out, args.onnx, args.int8, args.atol, args.tokenizer, overwrite=args.overwrite
     )
     print(f"exported to {report.out_dir} (re-load max |diff| {report.hf_max_abs_diff:.2e})")
+    sizes = ", ".join(f"{name} {size:.3f} MB" for name, size in (report.size_mb or {}).items())
+    print(f"size: {sizes}")
     if report.onnx_path:
         print(f"ONNX: {report.onnx_path}, max |diff| vs PyTorch {report.onnx_max_abs_diff:.2e}")
     if report.int8_path:

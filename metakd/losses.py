@@ -7,7 +7,7 @@ The weighted teacher loss is
 with w_i the instance weights (transferability t_i, meta weights, their product, or ones) and d~_i
 the domain target: ``d_pi(i)`` under a fresh permutation pi of the batch (domain corruption), or the
 true domain d_i with the domain head behind a :class:`GradientReversal` (DANN variant).
-Distillation losses live in :mod:`metakd.distill_losses`.
+Distillation losses live in :mod:`metakd.distill.losses`.
 """
 
 from __future__ import annotations

@@ -40,18 +40,11 @@ from metakd.distill.base import (
 from metakd.distill.layer_maps import LayerMatch, coerce_match
 from metakd.errors import StudentConfigError, TeacherCheckpointError
 from metakd.evaluation import TargetDomainEvaluation
-from metakd.students.base import (
-    StudentOutput,
-    checkpoint_payload,
-    student_from_arguments,
-)
+from metakd.students import student_from_arguments
+from metakd.students.base import StudentOutput, checkpoint_payload, spec_needs_teacher
 from metakd.students.hf import HFStudent, build_student_model  # noqa: F401  (historical import path)
-from metakd.teachers import (  # noqa: F401  (historical import paths)
-    FrozenTeacher,
-    load_teacher,
-    recompute_transferability,
-    teacher_for_student,
-)
+from metakd.teacher_sources import load_teacher, recompute_transferability  # noqa: F401  (historical paths)
+from metakd.teachers import FrozenTeacher
 from metakd.utils import adamw_param_groups
 from metakd.validation import check_student_options, data_names
 
@@ -171,6 +164,8 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
         self.tokenizer_name = self.tokenizer_name or student_backbone
         if self.teacher_source is not None:
             self.teacher_source.check_tokenizer(self.tokenizer_name)
+            requests = [teacher_request(s) for s in self.stages if s.teacher_needs()]
+            self.teacher_source.check_own_tokens(cache_teacher_outputs, requests)
 
         self.num_labels = num_labels
         self.model = student_from_arguments(
@@ -254,7 +249,8 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
             and request.logits_only
             and hasattr(datamodule, "train_eval_dataloader")
         ):
-            self.teacher_source.prefill_logits(datamodule.train_eval_dataloader(), self.device)
+            view = self.teacher_source.view(datamodule)  # the teacher's own tokenization, if it needs one
+            self.teacher_source.prefill_logits(view.train_eval_dataloader(), self.device)
 
     def _train_parts(self, stage: Stage) -> None:
         """Only the stage's ``trains`` parts train (all that the architecture left trainable without)."""
@@ -315,3 +311,34 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
             self.hparams.target_domain,
             self.hparams.distillation,
         )
+
+
+def teacher_for_student(
+    teacher_ckpt: str | None,
+    distillation: str,
+    reads_teacher: bool,
+    student_model: dict[str, Any] | None,
+    label_names: list[str],
+    domain_names: list[str],
+    target_domain: str | None,
+    teacher_domain: str | None,
+) -> FrozenTeacher | None:
+    """The teacher a Student loads: when a stage's loss reads it (``reads_teacher``) or the architecture
+    is built around it (``StudentModel.needs_teacher``); None otherwise. A missing ``teacher_ckpt`` is
+    refused, naming what needs it."""
+    if reads_teacher and teacher_ckpt is None:
+        raise StudentConfigError(
+            f"distillation={distillation!r} needs model.teacher_ckpt (a MetaTeacher checkpoint or an HF "
+            "classifier); only distillation='none' trains without a teacher"
+        )
+    architecture_needs_teacher = spec_needs_teacher(student_model)
+    if architecture_needs_teacher and teacher_ckpt is None:
+        raise StudentConfigError(
+            f"the student architecture {student_model['class_path']!r} (model.student_model) is built "
+            "around its teacher: set model.teacher_ckpt (a MetaTeacher checkpoint or an HF classifier)"
+        )
+    if not (reads_teacher or architecture_needs_teacher):
+        if teacher_ckpt is not None:
+            log.info("distillation=%r: the teacher %s is not used", distillation, teacher_ckpt)
+        return None
+    return FrozenTeacher(teacher_ckpt, label_names, domain_names, target_domain, teacher_domain)

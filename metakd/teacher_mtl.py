@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metakd.meta_teacher.network import EncoderNetwork
 from metakd.prototypes import masked_mean_pool
-from metakd.teacher import EncoderNetwork, MetaTeacher
+from metakd.teacher import MetaTeacher
 
 
 class MultiTaskNetwork(EncoderNetwork):

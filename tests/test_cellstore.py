@@ -1,4 +1,4 @@
-"""The cell store (metakd/cellstore.py and the pipeline's use of it): a cell's key leaves out what
+"""The cell store (metakd/pipeline/cellstore.py and the pipeline's use of it): a cell's key leaves out what
 changes no number; predictions and result files round-trip; a teacher shared by two configs is trained
 once; every cell is tested on each of the config's test sets; a teacher whose checkpoint is missing
 locally is trained again and checked against its committed result."""
@@ -65,7 +65,10 @@ def test_predictions_pack_and_unpack(tmp_path: Path) -> None:
         {"example_id": 2, "domain": "books", "label": 0, "pred": 0},
     ]
     packed = cellstore.pack_predictions(rows, ["books", "dvd"])
-    assert packed == {"ids": [2, 7], "domain": "01", "label": "01", "pred": "00"}
+    assert packed == {"ids": "2,7", "domain": "01", "label": "01", "pred": "00"}
+    assert cellstore.id_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and cellstore.id_ranges([]) == ""
+    assert cellstore.parse_id_ranges("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
+    assert cellstore.parse_id_ranges([3, 4]) == [3, 4]  # the first result files' form
     assert cellstore.unpack_predictions(packed, ["books", "dvd"]) == [
         {"example_id": 2, "domain": "books", "label": 0, "pred": 0},
         {"example_id": 7, "domain": "dvd", "label": 1, "pred": 0},

@@ -165,6 +165,19 @@ CASES = [
         where="config key: data.init_args.domains (datamodules.JsonlDataModule)",
     ),
     Case(
+        "max_length_beyond_the_backbone",
+        lambda w: fit(w, "--data.init_args.max_length=100000"),
+        "max_length is 100000, more than the 512 positions backbone 'minilm-l6' reads (its "
+        "max_position_embeddings); use at most 512",
+        where="config key: data.init_args.max_length (datamodules.JsonlDataModule)",
+    ),
+    Case(  # the tiny MetaTeacher's encoder_config has 64 positions, the MiniLM tokenizer data 512
+        "max_length_beyond_the_model_encoder",
+        lambda w: fit(w, "--data.init_args.max_length=100"),
+        "data.init_args.max_length is 100, more than the 64 positions the model's encoder `network.encoder` "
+        "reads (its max_position_embeddings); use at most 64",
+    ),
+    Case(
         "unloadable_backbone",
         lambda w: fit(w, "--data.init_args.backbone", str(w / "no_such_backbone")),
         r"cannot load backbone '\{w\}/no_such_backbone' offline: it is neither a local model directory .*",

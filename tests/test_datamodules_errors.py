@@ -203,6 +203,12 @@ def test_train_fraction_outside_unit_interval(fraction):
     [
         ("batch_size", 0, "batch_size must be a positive integer, got 0"),
         ("max_length", 1, "max_length must be an integer >= 4, got 1"),
+        (
+            "max_length",
+            100000,
+            "max_length is 100000, more than the 512 positions backbone 'minilm-l6' reads (its "
+            "max_position_embeddings); use at most 512",
+        ),
         ("num_workers", -1, "num_workers must be an integer >= 0, got -1"),
     ],
 )

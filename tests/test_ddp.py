@@ -307,10 +307,10 @@ if __name__ == "__main__":
 
 def test_meta_look_ahead_runs_in_fp32_under_bf16_mixed(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--trainer.precision bf16-mixed``: the training forward autocasts, the meta look-ahead does not."""
-    import metakd.teacher as teacher_module
+    import metakd.meta_teacher.meta_weights as meta_module  # where the teacher calls it
 
     seen: dict[str, list] = {"look_ahead": [], "step": []}
-    real = teacher_module.meta_instance_weights
+    real = meta_module.meta_instance_weights
 
     def spy(model, train_losses_fn, heldout_losses_fn, **kwargs):
         def train_losses(fmodel, rows):
@@ -320,7 +320,7 @@ def test_meta_look_ahead_runs_in_fp32_under_bf16_mixed(monkeypatch: pytest.Monke
         seen["step"].append(torch.is_autocast_enabled("cpu"))
         return real(model, train_losses, heldout_losses_fn, **kwargs)
 
-    monkeypatch.setattr(teacher_module, "meta_instance_weights", spy)
+    monkeypatch.setattr(meta_module, "meta_instance_weights", spy)
     pl.seed_everything(SEED, verbose=False)
     data = make_data(8)
     model = tiny_teacher(data, weighting="prototype+meta", learning_rate=1e-3)

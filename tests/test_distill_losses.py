@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from metakd import distill_losses as dl
+from metakd.distill import losses as dl
 
 
 def test_hidden_mse_masks_padding_per_instance() -> None:

@@ -132,7 +132,11 @@ def test_eda_versions_per_example(tmp_path: Path) -> None:
     eda = EDA(alpha=0.2, wordnet_dir=str(write_wordnet(tmp_path / "wn")))
     record = {"text": "the good book", "text_pair": "a good run"}
     versions = eda.augment(record, 4, random.Random(5))
-    assert len(versions) == 4 and all(set(v) == {"text", "text_pair"} for v in versions)
+    assert len(versions) == 4 and all(set(v) == {"text", "text_pair", "operation"} for v in versions)
+    for v in versions:  # each version names its operation (L2A's edit type): a swap permutes the words
+        assert v["operation"] in ("sr", "ri", "rs", "rd")
+        if v["operation"] == "rs":
+            assert sorted(v["text"].split()) == sorted(record["text"].split())
     # 4 // 4 + 1 = 2 texts per operation were made, shuffled, 4 kept: the same draws give the same texts
     assert versions == eda.augment(record, 4, random.Random(5))
     assert eda.augment(record, 0, random.Random(5)) == []

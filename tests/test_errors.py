@@ -26,9 +26,9 @@ def test_every_metakd_error_class_is_recognised() -> None:
     from datamodules import DataError
     from metakd.backbones import BackboneError
     from metakd.checkpointing import CheckpointFileError
+    from metakd.distill.layer_maps import RecipeError
     from metakd.export import ExportError
     from metakd.pipeline import PipelineError
-    from metakd.recipe import RecipeError
     from metakd.student import StudentConfigError, TeacherCheckpointError
     from metakd.sweep import SweepError
     from metakd.teacher import CheckpointMismatchError, NonFiniteLossError

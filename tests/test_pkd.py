@@ -76,7 +76,8 @@ def test_pkd_loss_against_hand_values() -> None:
     soft = [math.log(1 + math.e) - 0.5, math.log(1 + math.exp(0.5)) - 0.5 * p1]  # soft CE at T = 2
     kd = [temperature**2 * v for v in soft]
     pt = [0.8, 4.0]
-    expected = sum(alpha * c + (1 - alpha) * k + beta * p for c, k, p in zip(ce, kd, pt)) / 2
+    # the paper's eq. 5 (and the authors' code): (1 - alpha) * CE + alpha * KD + beta * PT
+    expected = sum((1 - alpha) * c + alpha * k + beta * p for c, k, p in zip(ce, kd, pt)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-6)
     assert float(logs["train/loss_ce"]) == pytest.approx(sum(ce) / 2, rel=1e-6)
     assert float(logs["train/loss_kd"]) == pytest.approx(sum(kd) / 2, rel=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metakd.recipe import (
+from metakd.distill.layer_maps import (
     LayerMatch,
     RecipeError,
     build_projections,
@@ -81,7 +81,7 @@ def test_jsonargparse_parses_a_list_of_matches_from_yaml() -> None:
 
 
 def test_a_loss_that_is_not_per_instance_is_rejected() -> None:
-    from metakd import distill_losses
+    from metakd.distill import losses as distill_losses
 
     @distill_losses.register_feature_loss("test_per_token")
     def per_token(

@@ -184,9 +184,9 @@ def test_robustness_command_on_a_student_and_a_teacher(tmp_path: Path) -> None:
 
 def test_only_the_words_the_model_sees_are_attacked_and_counted() -> None:
     from metakd.backbones import load_tokenizer
-    from metakd.robustness.command import TextClassifier
+    from metakd.inference import TextPredictor
 
-    classify = TextClassifier(
+    classify = TextPredictor(
         lambda b: torch.zeros(b["input_ids"].shape[0], 2), load_tokenizer("minilm-l6"), 8
     )
     text = "good movie " * 20

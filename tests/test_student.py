@@ -15,7 +15,7 @@ from helpers import (
     train_tiny_teacher,
 )
 
-from metakd.recipe import LayerMatch, RecipeError
+from metakd.distill.layer_maps import LayerMatch, RecipeError
 from metakd.student import Student, StudentConfigError, TeacherCheckpointError, recompute_transferability
 from metakd.teacher import MetaTeacher
 

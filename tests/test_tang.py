@@ -93,3 +93,31 @@ def test_meta_kd_prediction_stage_weighted_by_w_i() -> None:
     kd = -(p0 * torch.log_softmax(STUDENT, -1)).sum(-1)
     assert float(loss) == pytest.approx(float((weights * kd).mean()), rel=1e-6)
     assert float(logs["train/weight_mean"]) == pytest.approx(float(weights.mean()))
+
+
+def test_meta_logit_weights_and_weighted_mse_by_hand() -> None:
+    """``meta_logit``: w_i = (1 + t_i) sigma_i, sigma_i = 1 / (1 + exp((1 - p_T(y_i))^2)), on logit MSE."""
+    method = DISTILLERS.get("meta_logit")()  # mse, alpha 0
+    (stage,) = method.stages()
+    assert stage.weighted and DISTILLERS.get("meta_logit").teacher_role == "meta"
+    method.weights.transferability = torch.tensor([0.5, -0.25])
+    context = step()
+    weights = method.instance_weights(context)
+    # teacher row 0 [2, 1], gold 1: p = e^1 / (e^2 + e^1); row 1 [1, -1], gold 0: p = e^1 / (e^1 + e^-1)
+    p = [math.exp(1) / (math.exp(2) + math.exp(1)), math.exp(1) / (math.exp(1) + math.exp(-1))]
+    sigma = [1 / (1 + math.exp((1 - q) ** 2)) for q in p]
+    expected_w = [1.5 * sigma[0], 0.75 * sigma[1]]
+    assert weights.tolist() == pytest.approx(expected_w, rel=1e-6)
+    loss, logs = stage_loss(stage, context, weights)
+    # per-instance MSE 2.5 and 1.0 (test_mse_objective_with_hard_labels), weighted, averaged over B = 2
+    assert float(loss) == pytest.approx((expected_w[0] * 2.5 + expected_w[1] * 1.0) / 2, rel=1e-6)
+    assert float(logs["train/weight_mean"]) == pytest.approx(sum(expected_w) / 2, rel=1e-6)
+    # switches: sigma alone, (1 + t) alone, and none (a uniform, unweighted loss)
+    only_sigma = DISTILLERS.get("meta_logit")(transferability_weights=False)
+    assert only_sigma.instance_weights(context).tolist() == pytest.approx(sigma, rel=1e-6)
+    only_t = DISTILLERS.get("meta_logit")(expertise_weights=False)
+    only_t.weights.transferability = torch.tensor([0.5, -0.25])
+    assert only_t.instance_weights(context).tolist() == [1.5, 0.75]
+    assert DISTILLERS.get("meta_logit")(instance_weighting=False).instance_weights(context) is None
+    with pytest.raises(StudentConfigError, match="transferability_scale"):
+        DISTILLERS.get("meta_logit")(transferability_scale="square")

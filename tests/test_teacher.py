@@ -7,7 +7,7 @@ import json
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import ToyMultiDomainDataModule, tiny_encoder_config, tiny_trainer
+from helpers import ToyMultiDomainDataModule, pad_collate, tiny_encoder_config, tiny_trainer
 
 from metakd import prototypes as P
 from metakd.teacher import CheckpointMismatchError, MetaTeacher, TeacherOutput, build_encoder
@@ -269,3 +269,24 @@ def test_one_domain_teacher_logs_its_domain_accuracy(tmp_path) -> None:
     assert "val/acc_dvd" in trainer.callback_metrics
     results = trainer.test(model, dm, verbose=False)
     assert results[0]["test/acc_dvd"] == pytest.approx(results[0]["test/acc"])
+
+
+def test_negative_transferability_is_clamped_to_zero_weight() -> None:
+    """w_i = max(t_i, 0) with weighting 'prototype' (a negative weight would ascend that instance's
+    loss); the buffer keeps the raw scores. MiniLM gives t_i down to -0.075 on Amazon."""
+    dm = ToyMultiDomainDataModule()
+    model = make_teacher(dm, weighting="prototype", domain_loss="none")
+    tiny_trainer(max_steps=1).fit(model, dm)
+    t = torch.linspace(-0.5, 0.5, dm.num_pooled_train)  # ids 0-17 negative, 18-35 positive
+    model.transferability = t.clone()
+    batch = pad_collate([dm.train_dataset.rows[i] for i in (0, 5, 17, 18, 30, 35)])
+    weights = model.instance_weights(batch, None)
+    expected = [0.0, 0.0, 0.0, float(t[18]), float(t[30]), 0.5]
+    assert weights.tolist() == pytest.approx(expected, abs=1e-7)
+    assert torch.equal(model.transferability, t)
+    # Training with every score negative: zero weights, zero loss (the stored scores are kept: same split).
+    model.transferability = -t.abs() - 0.1
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(model, dm)
+    assert trainer.callback_metrics["train/weight_max"] == 0.0
+    assert trainer.callback_metrics["train/loss"] == 0.0

@@ -47,7 +47,7 @@ CLASS_PATHS = {
 }
 VARIANTS = [
     ("bilstm", {}),
-    ("bilstm", {"num_layers": 2, "pooling": "final"}),
+    ("bilstm", {"num_layers": 2, "pooling": "max"}),
     ("textcnn", {}),
     ("textcnn", {"widths": [1, 5]}),
     ("pqrnn", {}),
@@ -111,8 +111,61 @@ def test_registered_and_declared(minilm_tokenizer) -> None:
         small("textcnn", minilm_tokenizer, widths=[])
     with pytest.raises(StudentConfigError, match=r"pqrnn: \{'hidden_size': 0\} must be >= 1"):
         small("pqrnn", minilm_tokenizer, hidden_size=0)
-    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone' or 'random'"):
+    with pytest.raises(StudentConfigError, match="embedding_init must be 'backbone', 'model2vec' or"):
         small("textcnn", minilm_tokenizer, embedding_init="glove")
+
+
+# ------------------------------------------------------------------------------------------ BiLSTM
+
+
+@pytest.mark.parametrize("pooling", ["final", "max"])
+def test_bilstm_poolings_against_the_lstms_run_by_hand(pooling: str, minilm_tokenizer) -> None:
+    model = small("bilstm", minilm_tokenizer, pooling=pooling).eval()
+    assert BiLSTMStudent(num_labels=2, vocab_size=10, embedding_init="random").pooling == "final"  # default
+    ids = minilm_tokenizer(["a wonderful little book"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        pooled = model(ids, torch.ones_like(ids), need=frozenset({"pooled"})).pooled
+        embedded = model.embeddings(ids)
+        forward_out, (forward_last, _) = model.forward_layers[0](embedded)
+        backward_out, (backward_last, _) = model.backward_layers[0](embedded.flip(1))
+    assert pooled.shape == (1, 12)  # 2 directions x hidden 6
+    if pooling == "final":  # forward state after the last token, backward state after the first
+        expected = torch.cat([forward_last[0], backward_last[0]], dim=-1)
+    else:  # max over time of [forward_t, backward_t], the backward states back in reading order
+        expected = torch.cat([forward_out, backward_out.flip(1)], dim=-1).amax(dim=1)
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_bilstm_siamese_features_of_a_pair(minilm_tokenizer) -> None:
+    model = small("bilstm", minilm_tokenizer, siamese=True).eval()
+    assert model.hidden_size == 48  # [h1, h2, h1 h2, |h1 - h2|], each 2 x 6
+    pairs = [("a good book", "it broke after two days"), ("no", "the story is wonderful and long")]
+    with torch.no_grad():
+        for side in ("right", "left"):
+            minilm_tokenizer.padding_side = side
+            try:
+                batch = minilm_tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding="max_length",
+                                         max_length=24, return_tensors="pt")  # fmt: skip
+            finally:
+                minilm_tokenizer.padding_side = "right"
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                        need=frozenset({"pooled"}))  # fmt: skip
+            assert out.pooled.shape == (2, 48) and out.logits.shape == (2, 2)
+            for row, (a, b) in enumerate(pairs):
+                # each segment as the datamodule gives it: [CLS] a [SEP] (type 0), then b [SEP] (type 1)
+                first = minilm_tokenizer([a], return_tensors="pt")["input_ids"]
+                second = minilm_tokenizer([b], return_tensors="pt")["input_ids"][:, 1:]
+                h1 = model.encode(first, torch.ones_like(first, dtype=torch.bool))[0]
+                h2 = model.encode(second, torch.ones_like(second, dtype=torch.bool))[0]
+                expected = torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()])
+                torch.testing.assert_close(out.pooled[row], expected, atol=1e-6, rtol=0)
+        # a single sentence (no second segment): h2 = 0, so the features are [h1, 0, 0, |h1|]
+        single = minilm_tokenizer(["a good book"], return_tensors="pt")
+        pooled = model(single["input_ids"], single["attention_mask"], single["token_type_ids"],
+                       need=frozenset({"pooled"})).pooled[0]  # fmt: skip
+        h1 = pooled[:12]
+        torch.testing.assert_close(pooled[12:36], torch.zeros(24))
+        torch.testing.assert_close(pooled[36:], h1.abs())
 
 
 # ----------------------------------------------------------------------------------------- embeddings
@@ -241,8 +294,8 @@ def test_f_pooling_and_the_backward_direction_against_a_hand_loop() -> None:
 
 @pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
 def test_distil_export_onnx_and_classify(name: str, teacher_ckpt: str, tmp_path: Path) -> None:
-    from metakd.classify import TextClassifier
     from metakd.export import export_student
+    from metakd.inference import TextClassifier
 
     data = ToyMultiDomainDataModule(backbone="minilm-l6", target_domain="dom1")
     spec = {"class_path": name, "init_args": SMALL[name]}
@@ -296,6 +349,11 @@ def test_existing_methods_run_and_refuse_what_needs_token_states(teacher_ckpt: s
     trainer.fit(weighted, datamodule=data)
     mean_weight = float(trainer.callback_metrics["train/weight_mean"])
     assert 0 < mean_weight < 1  # sigma_i < 1/2 and t_i in [-1, 1]: w_i is below 1, and not uniform
+    # the named row: Tang's logit MSE weighted by the same w_i
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(student(distillation="meta_logit"), datamodule=data)
+    assert 0 < float(trainer.callback_metrics["train/weight_mean"]) < 1
+    assert float(trainer.callback_metrics["train/loss_mse"]) > 0
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -306,8 +364,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl", per_domain=40)
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn"])
+@pytest.mark.parametrize("name", ["bilstm", "textcnn", "pqrnn", "pqrnn_features"])
 def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
+    backbone = "pqrnn-features" if name == "pqrnn_features" else "minilm-l6"
+    name = name.split("_")[0]
     config = {
         "seed_everything": 1,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "num_sanity_val_steps": 0,
@@ -319,7 +379,7 @@ def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
         },
         "data": {
             "class_path": "datamodules.JsonlDataModule",
-            "init_args": {"train_file": str(corpus), "backbone": "minilm-l6", "max_length": 24,
+            "init_args": {"train_file": str(corpus), "backbone": backbone, "max_length": 24,
                           "batch_size": 8, "cache_dir": str(corpus.parent / "cache"),
                           "target_domain": "books"},
         },
@@ -331,6 +391,9 @@ def test_cli_fit(name: str, corpus: Path, tmp_path: Path) -> None:
     assert state["metakd_student"]["student"]["class_path"] == CLASS_PATHS[name]
     init_args = state["metakd_student"]["student"]["init_args"]
     assert init_args.get("vocab_size") == (None if name == "pqrnn" else 30522)  # filled from the data
+    if name == "pqrnn":  # the tokenizer linked from the data, and the word slots it gives
+        assert state["metakd_student"]["tokenizer_name"] == backbone
+        assert init_args["features_per_word"] == (8 if backbone == "pqrnn-features" else 1)
     assert any(k.startswith("model.head.") for k in state["state_dict"])
 
 
@@ -390,3 +453,20 @@ def test_the_tiny_students_pipeline_config_plans_rows_with_a_fixed_teacher() -> 
     options = pipeline.cell_config(config, 1, student)["model"]["init_args"]
     assert options["teacher_ckpt"] == str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
     assert options["distillation_options"] == {"prediction_weighting": True}
+    # the issue-22 study rows: pipeline teachers (mixed for logit MSE, meta for the Meta-KD weights)
+    students = ("textcnn_pc128", "textcnn_m2v128", "bilstm_final", "pqrnn_features")
+    config["methods"] = [f"{s}_{m}" for s in students for m in ("none", "mse", "metaw")]
+    cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
+    teachers = {name for name, cell in cells.items() if cell.kind == "teacher"}
+    assert teachers == {"teacher/mixed", "teacher/meta"}
+    rows = (("textcnn_m2v128_mse", "mixed", "tang"), ("pqrnn_features_metaw", "meta", "meta_logit"))
+    for row, teacher, method in rows:
+        cell = pipeline.cell_config(config, 1, cells[f"student/{row}/books"])
+        init = cell["model"]["init_args"]
+        assert init["distillation"] == method
+        assert init["teacher_ckpt"] == str(pipeline.best_checkpoint(config, 1, f"teacher/{teacher}"))
+    cell = pipeline.cell_config(config, 1, cells["student/pqrnn_features_metaw/books"])
+    assert cell["data"]["init_args"]["backbone"] == "pqrnn-features"
+    assert cell["model"]["init_args"]["cache_teacher_outputs"] == "logits"
+    m2v = pipeline.cell_config(config, 1, cells["student/textcnn_m2v128_none/books"])["model"]["init_args"]
+    assert m2v["student_model"]["init_args"]["embedding_init"] == "model2vec" and m2v["teacher_ckpt"] is None

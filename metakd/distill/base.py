@@ -204,9 +204,9 @@ def register_distiller(name: str) -> Any:
 
 
 def distiller_class(name: str) -> type[Distiller]:
-    """A registered method name or a dotted class path, checked to be a :class:`Distiller`."""
-    import metakd.distill  # noqa: F401  (registers the built-in methods)
-
+    """A registered method name or a dotted class path, checked to be a :class:`Distiller`. (The built-in
+    methods are registered: this module is imported through the ``metakd.distill`` package, whose
+    ``__init__`` imports every method file.)"""
     try:
         cls = DISTILLERS.get(name)
     except KeyError as err:

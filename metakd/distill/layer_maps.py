@@ -50,7 +50,7 @@ class LayerMatch:
         teacher_layer: teacher layer index (0 = embedding output for hidden features; 1..L_T).
         student_layer: student layer index (same convention, 0..L_S).
         feature: ``"embeddings"`` (layer 0), ``"hidden"`` (token states) or ``"attention"`` (maps).
-        loss: name of a per-instance feature loss in ``metakd.distill_losses.FEATURE_LOSSES``
+        loss: name of a per-instance feature loss in ``metakd.distill.losses.FEATURE_LOSSES``
             (None: ``hidden_mse`` for token states, ``attention_mse`` for attention maps).
         weight: multiplier of this term in ``L_hid`` / ``L_att``.
     """

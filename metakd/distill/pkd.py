@@ -2,7 +2,7 @@
 
 One stage, three terms:
 
-    L_PKD = alpha * CE(z_S, y) + (1 - alpha) * softCE_T(z_S, z_T) [* T^2]
+    L_PKD = (1 - alpha) * CE(z_S, y) + alpha * softCE_T(z_S, z_T) [* T^2]
             + beta * sum_{(m, n) in map} || h_S,m / ||h_S,m||_2 - h_T,n / ||h_T,n||_2 ||_2^2
 
 on the [CLS] states ``h`` of the mapped layers: PKD-skip (student layer m learns teacher layer
@@ -10,11 +10,21 @@ on the [CLS] states ``h`` of the mapped layers: PKD-skip (student layer m learns
 layer is left to the logit term. When the widths differ, the student's states go through a learned
 projection first.
 
+``alpha`` weights the teacher's soft targets, as in the paper (eq. 5: ``(1 - alpha) L_CE + alpha L_DS +
+beta L_PT``) and the authors' code (``alpha * d_loss + (1 - alpha) * nll_loss``): alpha = 0.7 is 70%
+distillation, 30% gold labels.
+
 Defaults: ``alpha`` 0.5 and ``temperature`` 5 are from the paper's search grid (alpha in {0.2, 0.5, 0.7},
 T in {5, 10, 20}); ``t2_scaling`` as in the authors' code (KL x T^2). The paper's beta grid
 {10, 100, 500, 1000} belongs to the authors' code, which averages the squared difference over the
 hidden units (768 on BERT-base); the formula above sums them, so ``beta`` = 1.0 here sits in that range
 (500 / 768 to 1000 / 768).
+
+Still different from the authors' code (docs/METAKD.md, "Other methods"): the soft term is the soft
+cross-entropy (KL plus the teacher's entropy, a constant: same gradient), averaged over the batch, where
+the code's ``KLDivLoss(reduction='mean')`` also divides by the number of classes; the patient loss is
+summed over the hidden units and the mapped layers, where the code's ``mse_loss`` averages both (see
+beta above).
 """
 
 from __future__ import annotations
@@ -120,8 +130,8 @@ class PatientKD(Distiller):
             Stage(
                 "prediction",
                 [
-                    HardCE(self.alpha),
-                    LogitKD(1.0 - self.alpha, self.temperature, self.t2_scaling),
+                    HardCE(1.0 - self.alpha),
+                    LogitKD(self.alpha, self.temperature, self.t2_scaling),
                     LayerMatches(lambda n_t, n_s: layer_map(n_t, n_s), "hidden", weight=self.beta, name="pt"),
                 ],
                 lr=self.prediction_lr,

@@ -5,16 +5,13 @@ transferable-knowledge term."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from torch import Tensor
-
-from metakd.distill.base import Distiller, Stage, StepContext, register_distiller
+from metakd.distill.base import Distiller, Stage, register_distiller
 from metakd.distill.layer_maps import LayerMatch
-from metakd.distill.losses import domain_expertise, instance_weights
-from metakd.distill.terms import HardCE, LayerMatches, LogitKD, TransferableMSE
+from metakd.distill.meta_weights import MetaInstanceWeights, MetaWeighted
+from metakd.distill.terms import AttentionScoreMatches, HardCE, LayerMatches, LogitKD, TransferableMSE
 from metakd.errors import StudentConfigError
-from metakd.prototypes import parse_transferability_scale, rescale_transferability
 
 
 def prediction_stage(temperature: float, t2_scaling: bool, hard_label_weight: float, lr: float) -> Stage:
@@ -63,11 +60,21 @@ class VanillaKD(Distiller):
         ]
 
 
+ATTENTION_FORMS = ("scores", "probabilities")
+"""What an intermediate stage's attention matches compare: the unnormalised scores ``Q K^T / sqrt(d)``
+(TinyBERT's paper and code) or the softmax probabilities HF returns (Meta-KD's code, EasyNLP)."""
+
+
 @register_distiller("tinybert")
 class TinyBERTKD(Distiller):
     """TinyBERT's task distillation (Jiao et al. 2020): the intermediate stage matches embeddings,
-    hidden states and attention maps through a layer map (uniform by default), then the prediction
-    stage distils the logits."""
+    hidden states and attention matrices through a layer map (uniform by default), then the prediction
+    stage distils the logits.
+
+    ``attention``: ``scores`` (default, the paper's eq. 3 and the authors' code: the attention matrices
+    before the softmax, :class:`~metakd.distill.terms.AttentionScoreMatches`) or ``probabilities`` (the
+    softmax maps HF returns, after attention dropout in training; the form before this option existed).
+    """
 
     label = "TinyBERT-KD"
     teacher_role = "single"
@@ -82,9 +89,15 @@ class TinyBERTKD(Distiller):
         t2_scaling: bool = False,
         hard_label_weight: float = 0.0,
         prediction_lr: float = 3e-5,
+        attention: Literal["scores", "probabilities"] = "scores",
     ) -> None:
         if intermediate_epochs < 0:
             raise StudentConfigError(f"intermediate_epochs must be >= 0, got {intermediate_epochs}")
+        if attention not in ATTENTION_FORMS:
+            raise StudentConfigError(
+                f"distillation_options.attention must be one of {list(ATTENTION_FORMS)}, got {attention!r}"
+            )
+        self.attention = attention
         self.matches = matches
         self.intermediate_epochs, self.intermediate_lr = intermediate_epochs, intermediate_lr
         self.temperature, self.t2_scaling = temperature, t2_scaling
@@ -95,7 +108,9 @@ class TinyBERTKD(Distiller):
             "intermediate",
             [
                 LayerMatches(self.matches, "hidden"),
-                LayerMatches(self.matches, "attention"),
+                AttentionScoreMatches(self.matches)
+                if self.attention == "scores"
+                else LayerMatches(self.matches, "attention"),
                 TransferableMSE(self.transferable_weight),
             ],
             epochs=self.intermediate_epochs,
@@ -112,7 +127,7 @@ class TinyBERTKD(Distiller):
 
 
 @register_distiller("meta")
-class MetaKD(TinyBERTKD):
+class MetaKD(MetaWeighted, TinyBERTKD):
     """Meta-distillation (Pan et al. 2021): TinyBERT-KD's stages, the intermediate one weighted per
     instance by ``w_i = (1 + t_i) * sigma_i`` (transferability from the meta-teacher's prototypes times
     the teacher's domain expertise) and with the transferable-knowledge term ``lambda_tk * L_tk``.
@@ -124,7 +139,12 @@ class MetaKD(TinyBERTKD):
     MetaTeacher option of that name; ``metakd.prototypes.rescale_transferability``).
     ``prediction_weighting`` (off in the paper) weights the prediction stage by the same ``w_i``: with
     ``stage: prediction`` it is Meta-KD for a student without token states or attention maps (BiLSTM,
-    TextCNN, pQRNN), whose intermediate stage cannot run.
+    TextCNN, pQRNN), whose intermediate stage cannot run; ``meta_logit``
+    (:mod:`metakd.distill.meta_weights`) puts the same weights on Tang et al.'s logit losses.
+
+    ``attention`` defaults to ``probabilities``: the authors' code (EasyNLP) compares the softmax maps its
+    BERT returns (its TinyBERT-style zeroing of scores <= -100 never fires on probabilities);
+    ``scores`` gives TinyBERT's form.
     """
 
     label = "Meta-KD"
@@ -146,6 +166,7 @@ class MetaKD(TinyBERTKD):
         expertise_weights: bool = True,
         transferability_scale: str = "none",
         prediction_weighting: bool = False,
+        attention: Literal["scores", "probabilities"] = "probabilities",
     ) -> None:
         super().__init__(
             matches,
@@ -155,19 +176,17 @@ class MetaKD(TinyBERTKD):
             t2_scaling,
             hard_label_weight,
             prediction_lr,
+            attention,
         )
         if lambda_tk < 0:
             raise StudentConfigError(f"lambda_tk must be >= 0, got {lambda_tk}")
         self.transferable_weight = lambda_tk if use_transferable else 0.0
-        self.weight_transferability = instance_weighting and transferability_weights
-        self.weight_expertise = instance_weighting and expertise_weights
-        try:
-            parse_transferability_scale(transferability_scale)
-        except ValueError as err:
-            raise StudentConfigError(f"distillation_options.{err}") from None
-        self.transferability_scale = transferability_scale
+        self.weights = MetaInstanceWeights(
+            instance_weighting and transferability_weights,
+            instance_weighting and expertise_weights,
+            transferability_scale,
+        )
         self.prediction_weighting = prediction_weighting
-        self.transferability: Tensor | None = None
 
     def stages(self) -> list[Stage]:
         stages = super().stages()
@@ -175,21 +194,6 @@ class MetaKD(TinyBERTKD):
         return stages
 
     def setup(self, teacher: Any, datamodule: Any, stages: list[Stage], device: Any = None) -> None:
-        """Read t_i once (by ``example_ids``) when a weighted stage will run with the t_i factor."""
-        if self.weight_transferability and any(stage.weighted for stage in stages):
-            t = rescale_transferability(teacher.transferability(datamodule), self.transferability_scale)
-            self.transferability = t.to(device) if device is not None else t
-
-    def instance_weights(self, step: StepContext) -> Tensor | None:
-        if not (self.weight_transferability or self.weight_expertise):
-            return None
-        labels = step.batch["labels"]
-        expertise = domain_expertise(step.teacher.logits, labels) if self.weight_expertise else None
-        if self.weight_transferability:
-            t = self.transferability[step.batch["example_ids"]]
-            if bool(t.isnan().any()):
-                raise StudentConfigError("some training examples have no transferability score (NaN t_i)")
-            if expertise is None:
-                return (1.0 + t).detach()
-            return instance_weights(t, expertise)
-        return expertise
+        """Read t_i once (by ``example_ids``) when a weighted stage will run."""
+        if any(stage.weighted for stage in stages):
+            self.weights.setup(teacher, datamodule, device)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.distill.attention_scores import attention_scores, self_attentions
 from metakd.distill.base import DistillContext, LossTerm, StepContext
 from metakd.distill.layer_maps import (
     LayerMatch,
@@ -134,22 +135,25 @@ class LayerMatches(LossTerm):
             )
         }
 
+    def features(self, step: StepContext, match: LayerMatch) -> tuple[Tensor, Tensor]:
+        """The student's and the teacher's feature of one match (the student's states projected)."""
+        if match.is_hidden:
+            student = step.student.hidden_states[match.student_layer]
+            projections = step.modules.get(self.projections_name, {})
+            if match.key in projections:
+                student = projections[match.key](student)
+            return student, step.teacher.hidden_states[match.teacher_layer]
+        student_maps, teacher_maps = step.student.attentions, step.teacher.attentions
+        return student_maps[match.student_layer - 1], teacher_maps[match.teacher_layer - 1]
+
     def __call__(self, step: StepContext) -> Tensor:
         mask = step.attention_mask
-        projections = step.modules.get(self.projections_name, {})
         total: Tensor | None = None
         for match in self.matches:
             if match.is_hidden != (self.kind == "hidden"):
                 continue
             loss = get_feature_loss(match.loss)
-            if match.is_hidden:
-                student = step.student.hidden_states[match.student_layer]
-                if match.key in projections:
-                    student = projections[match.key](student)
-                teacher = step.teacher.hidden_states[match.teacher_layer]
-            else:
-                student = step.student.attentions[match.student_layer - 1]
-                teacher = step.teacher.attentions[match.teacher_layer - 1]
+            student, teacher = self.features(step, match)
             value = loss(student.float(), teacher.float(), mask)
             if value.shape != mask.shape[:1]:
                 raise RecipeError(
@@ -161,6 +165,47 @@ class LayerMatches(LossTerm):
         if total is None:
             return mask.new_zeros(mask.shape[0], dtype=torch.float32)
         return total
+
+
+class AttentionScoreMatches(LayerMatches):
+    """TinyBERT's attention loss (Jiao et al. 2020, eq. 3): the layer map's ``attention`` matches on the
+    *unnormalised* scores ``Q K^T / sqrt(d_head)``, recomputed from each matched layer's input states with
+    that layer's query and key projections (:mod:`metakd.distill.attention_scores`; the teacher's without
+    gradients). The match's loss (``attention_mse``) counts only the pairs of real tokens, where the
+    authors' code zeroes the padded keys' scores on both sides (a mean over every position instead).
+
+    Reads token states of both models (layer ``m - 1`` for attention layer ``m``), not their attention
+    probabilities, so neither needs eager attention.
+    """
+
+    def __init__(
+        self,
+        matches: Sequence[LayerMatch | Mapping[str, Any]] | Any | None,
+        weight: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(matches, "attention", weight, name)
+        self.student_needs = frozenset({"hidden"})
+        self.teacher_needs = frozenset({"hidden"})
+        self.student_blocks: list[nn.Module] = []
+        self.teacher_blocks: list[nn.Module] = []
+
+    def bind(self, ctx: DistillContext) -> None:
+        super().bind(ctx)
+        if self.matches and self.weight != 0.0:
+            self.student_blocks = self_attentions(ctx.student, ctx.student.num_layers, "student")
+            self.teacher_blocks = self_attentions(ctx.teacher.module, ctx.teacher.num_layers, "teacher")
+
+    def teacher_layers(self) -> tuple[frozenset[int], frozenset[int]]:
+        inputs = frozenset(m.teacher_layer - 1 for m in self.matches if m.feature == "attention")
+        return inputs, frozenset()
+
+    def features(self, step: StepContext, match: LayerMatch) -> tuple[Tensor, Tensor]:
+        m, n = match.student_layer, match.teacher_layer
+        student = attention_scores(self.student_blocks[m - 1], step.student.hidden_states[m - 1])
+        with torch.no_grad():
+            teacher = attention_scores(self.teacher_blocks[n - 1], step.teacher.hidden_states[n - 1])
+        return student, teacher
 
 
 class TransferableMSE(LossTerm):

@@ -77,6 +77,7 @@ from metakd.pipeline.config import (
     scarcity_settings,
     zero_shot_settings,
 )
+from metakd.pipeline.formats import format_seconds
 from metakd.pipeline.invoke import output_to, run_cli
 from metakd.pipeline.ledger import cost_model, cpu_plan, render_plan, within_budget
 from metakd.pipeline.markdown import REPORT_END_OF_PRINTED, budget_line, render_markdown
@@ -93,7 +94,7 @@ from metakd.pipeline.plan import (
     student_cell_name,
     zero_shot_cell_name,
 )
-from metakd.pipeline.progress import Progress, format_seconds, resume_note
+from metakd.pipeline.progress import Progress, resume_note
 from metakd.pipeline.report import write_results
 from metakd.pipeline.robustness import robustness_domains, robustness_path, run_cell_robustness
 from metakd.pipeline.run import run_all

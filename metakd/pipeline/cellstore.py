@@ -72,6 +72,11 @@ def cell_key(config: dict[str, Any], store_dir: str | Path | None = None) -> str
     return sha256_json(identity(config, store_dir), length=16)
 
 
+def store_relative(value: Any, store_dir: str | Path) -> Any:
+    """``value`` (strings, lists, mappings) with paths in the local store written as ``@store/...``."""
+    return _replace_prefix(value, str(Path(store_dir)), STORE_TOKEN)
+
+
 def _replace_prefix(value: Any, prefix: str, token: str) -> Any:
     if isinstance(value, str):
         if value == prefix or value.startswith(prefix + os.sep) or value.startswith(prefix + "/"):
@@ -126,13 +131,41 @@ def _undigits(value: str | list[int]) -> list[int]:
     return [int(c) for c in value] if isinstance(value, str) else [int(v) for v in value]
 
 
+def id_ranges(ids: list[int]) -> str:
+    """Sorted example ids as runs: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
+    runs: list[str] = []
+    start = previous = None
+    for i in ids:
+        if previous is not None and i == previous + 1:
+            previous = i
+            continue
+        if start is not None:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = i
+    if start is not None:
+        runs.append(str(start) if start == previous else f"{start}-{previous}")
+    return ",".join(runs)
+
+
+def parse_id_ranges(text: str | list[int]) -> list[int]:
+    """The ids of :func:`id_ranges` (a list, the first result files' form, is returned as it is)."""
+    if isinstance(text, list):
+        return [int(i) for i in text]
+    ids: list[int] = []
+    for run in filter(None, text.split(",")):
+        first, _, last = run.partition("-")
+        ids.extend(range(int(first), int(last or first) + 1))
+    return ids
+
+
 def pack_predictions(rows: list[dict[str, Any]], domain_names: list[str]) -> dict[str, Any]:
-    """Per-example predictions (``PredictionsWriter`` rows) in a compact, diff-friendly form: example ids,
-    and domain index, gold label and predicted label as digit strings, sorted by example id."""
+    """Per-example predictions (``PredictionsWriter`` rows) in a compact, diff-friendly form: example ids
+    as runs (:func:`id_ranges`), and domain index, gold label and predicted label as digit strings, sorted
+    by example id."""
     rows = sorted(rows, key=lambda r: int(r["example_id"]))
     index = {name: i for i, name in enumerate(domain_names)}
     return {
-        "ids": [int(r["example_id"]) for r in rows],
+        "ids": id_ranges([int(r["example_id"]) for r in rows]),
         "domain": _digits([index.get(r["domain"], r["domain"]) for r in rows]),
         "label": _digits([int(r["label"]) for r in rows]),
         "pred": _digits([int(r["pred"]) for r in rows]),
@@ -144,7 +177,7 @@ def unpack_predictions(packed: dict[str, Any], domain_names: list[str]) -> list[
     domains, labels, preds = (_undigits(packed[k]) for k in ("domain", "label", "pred"))
     return [
         {"example_id": i, "domain": domain_names[d], "label": y, "pred": p}
-        for i, d, y, p in zip(packed["ids"], domains, labels, preds)
+        for i, d, y, p in zip(parse_id_ranges(packed["ids"]), domains, labels, preds)
     ]
 
 

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from metakd.pipeline.cellstore import parse_id_ranges
+
 EVAL_WEIGHT = 1 / 3
 """A tested example costs about a third of a trained one (a forward pass, no backward)."""
 DEFAULT_TRAIN_PER_DOMAIN = 1620
@@ -71,7 +73,7 @@ class DataSizes:
         if end.get("train_examples"):
             self.train[identity] = int(end["train_examples"])
         for test_set, packed in (result.get("predictions") or {}).items():
-            self.test[(identity, test_set)] = len(packed.get("ids") or [])
+            self.test[(identity, test_set)] = len(parse_id_ranges(packed.get("ids") or []))
 
     def train_examples(self, resolved: dict[str, Any], corpus_domains: int) -> float:
         known = self.train.get(data_identity(resolved))

@@ -9,7 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from metakd.pipeline.progress import format_seconds
+from metakd.pipeline import scarcity_report
+from metakd.pipeline.formats import cost_text, fmt, format_seconds, interval_text
 
 REPORT_END_OF_PRINTED = "<!-- end of the part printed on the terminal -->"
 TEST_SET_WORDS = {
@@ -99,6 +100,7 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         if scarcity.get("plot"):
             lines += ["", f"![data scarcity]({Path(scarcity['plot']).name})"]
         lines.append("")
+        lines += scarcity_report.render(scarcity, scarcity["labels"])
     if "zero_shot" in summary and summary["zero_shot"]:
         zero = summary["zero_shot"]
         lines += ["## Zero-shot", "", "| Meta-KD student | domain | test accuracy |", "| --- | --- | ---: |"]
@@ -144,13 +146,17 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
             )
         lines.append("")
     if summary.get("search"):
-        header = "| cell | architecture | parameters | FLOPs/token | search time |"
+        header = "| cell | architecture | parameters | FLOPs/token | operation entropy | search time |"
         lines += ["## Searched architectures", "", header,
-                  "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for key, entry in summary["search"].items():
+            entropy = entry.get("op_entropy")
+            moved = "-"
+            if entropy:
+                moved = f"{entropy['initial']:.3f} -> {entropy['final']:.3f} (max {entropy['max']:.3f})"
             lines.append(
                 f"| {key} | {entry['architecture']} | {entry.get('parameters', 0):,} | "
-                f"{entry.get('flops_per_token', 0):,} | {format_seconds(entry['seconds'])} |"
+                f"{entry.get('flops_per_token', 0):,} | {moved} | {format_seconds(entry['seconds'])} |"
             )
         lines.append("")
     lines += [REPORT_END_OF_PRINTED, ""]  # the terminal shows the report up to here
@@ -171,36 +177,6 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
-
-
-def interval_text(interval: dict[str, Any] | None) -> str:
-    """``+1.2 [-0.3, +2.7]`` in accuracy points; bold when significant (the interval excludes 0)."""
-    if not interval:
-        return "—"
-    text = f"{_points(interval['diff'])} [{_points(interval['low'])}, {_points(interval['high'])}]"
-    return f"**{text}**" if interval["significant"] else text
-
-
-def cost_text(cost: dict[str, Any] | None) -> str:
-    if not cost or cost.get("own") is None:
-        return "—"
-    text = f"{cost['own']:.1f}"
-    if cost.get("teachers"):
-        text += f" (+{cost['teachers']:.1f})"
-    return text
-
-
-def fmt(stat: dict[str, Any]) -> str:
-    if not stat or stat.get("mean") is None:
-        return "—"
-    text = f"{100 * stat['mean']:.1f}"
-    if stat["n"] > 1:
-        text += f" ± {100 * stat['std']:.1f}"
-    return text
 
 
 BUDGET_TITLES = {

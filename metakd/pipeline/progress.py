@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from metakd.interrupt import Interrupted
+from metakd.pipeline.formats import format_seconds
 from metakd.pipeline.plan import Cell
 from metakd.pipeline.store import RESULT_FILE, read_result, store_path
 
@@ -116,14 +117,3 @@ def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:
     if last.is_file():
         return f"the next call resumes it from {last}"
     return "no checkpoint yet: the next call starts it over"
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -20,7 +20,7 @@ from metakd.utils import write_json
 ROBUSTNESS_OPTIONS = {
     key: "--" + key.replace("_", "-")
     for key in ("max_examples", "seed", "max_fraction", "max_substitutions", "max_candidates", "source",
-                "wordnet_dir", "min_similarity")
+                "wordnet_dir", "min_similarity", "pos_check", "min_word_similarity")
 }  # fmt: skip
 """Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
 

@@ -25,6 +25,7 @@ from metakd.pipeline import cellstore
 from metakd.pipeline.invoke import run_cli
 from metakd.pipeline.plan import Cell, planned_cell
 from metakd.pipeline.robustness import run_cell_robustness
+from metakd.pipeline.scarcity_report import SELECTION_KEY, selection_of
 from metakd.pipeline.store import (
     RESULT_FILE,
     RETRAINED_FILE,
@@ -184,8 +185,10 @@ def _fit_and_test(
     payload["metrics"] = by_set.get("test", by_set[config["test_sets"][0]])
     payload["test_sets"] = by_set
     curve = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else None
-    payload["dev_curve"] = curve
+    payload["dev_curve"] = cellstore.store_relative(curve, store_dir(config))
     payload["predictions"] = predictions
+    if (selection := selection_of(directory)) is not None:  # L2A's selection probabilities
+        payload[SELECTION_KEY] = selection
     return ""
 
 

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from metakd.pipeline import scarcity_report
 from metakd.pipeline.analysis import analyse
 from metakd.pipeline.config import (
     PipelineError,
@@ -170,6 +171,10 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
                     }
         labels = {method: row_spec(method, config.get("variants")).label for method in methods}
         out["scarcity"] = {"domains": scarcity_domains, "labels": labels, "points": points}
+        out["scarcity"]["comparisons"] = scarcity_report.scarcity_comparisons(  # scarcity.compare's intervals
+            config, points, lambda s, c: cell_predictions(results.get((s, c)), primary)
+        )
+        out["scarcity"]["selection"] = scarcity_report.selection_spread(points, results, seeds)  # L2A's
     if "zero_shot" in config["studies"]:
         domain, _, stand_in = zero_shot_settings(config)
         out["zero_shot"] = {
@@ -194,11 +199,12 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
-        from metakd.search.adabert import describe
+        from metakd.search.derive import describe
 
         out["search"] = {
             key: {"domain": r["info"]["domain"], "row": r["info"]["row"],
                   "architecture": describe(r["architecture"]), **r["architecture"].get("cost", {}),
+                  "op_entropy": r["architecture"].get("derived_from", {}).get("op_entropy"),
                   "seconds": r["seconds"]}
             for key, r in searched.items()
         }  # fmt: skip

@@ -12,10 +12,12 @@ For one example ``(text, gold label y)`` and a classifier ``p(. | text)``:
 3. **Greedy substitution within the budget.** At most ``floor(max_fraction * n_words)`` words (and at most
    ``max_substitutions``) are replaced, ``n_words`` counting the words the model sees. For the next word,
    every candidate of the synonym source (at most ``max_candidates``; the word's capitalisation is kept)
-   is scored in one batch. If some candidates flip the prediction away from ``y``, the one with the
-   lowest ``p_y`` is taken and the attack *succeeds*; otherwise the candidate with the lowest ``p_y`` is
-   kept if it lowers ``p_y``, and the next word is tried. The attack *fails* when the words or the budget
-   run out.
+   that the ``constraints`` allow (:mod:`metakd.robustness.constraints`: the same part of speech in the
+   sentence, a word-similarity threshold; none by default here, both on in ``python -m metakd
+   robustness`` and RoSearch) is scored in one batch. If some candidates flip the prediction away from
+   ``y``, the one with the lowest ``p_y`` is taken and the attack *succeeds*; otherwise the candidate
+   with the lowest ``p_y`` is kept if it lowers ``p_y``, and the next word is tried. The attack *fails*
+   when the words or the budget run out.
 
 The gold label is never changed: the perturbed text is always scored against the original ``y``, and
 the substitution sources offer synonyms only (WordNet synonyms; or, where WordNet is missing,
@@ -37,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from torch import Tensor
+
+from metakd.robustness.constraints import Constraint, Substitution, filter_substitutions
 
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 
@@ -104,6 +108,7 @@ class AttackResult:
     num_words: int
     substitutions: list[tuple[int, str, str]] = field(default_factory=list)  # (word index, old, new)
     queries: int = 0
+    refused: int = 0  # candidates the constraints refused
 
 
 def words_of(text: str) -> list[tuple[int, int]]:
@@ -121,7 +126,14 @@ def _with_case(candidate: str, original: str) -> str:
 
 def render(text: str, spans: list[tuple[int, int]], replaced: dict[int, str | None]) -> str:
     """``text`` with the words at ``replaced``'s indices replaced (None: deleted with one adjacent space)."""
-    out, cursor = [], 0
+    return render_tracking(text, spans, replaced)[0]
+
+
+def render_tracking(
+    text: str, spans: list[tuple[int, int]], replaced: dict[int, str | None], track: int | None = None
+) -> tuple[str, tuple[int, int] | None]:
+    """:func:`render`, and the character span of the new word at index ``track`` in the result."""
+    out, cursor, length, tracked = [], 0, 0, None
     for index, (start, end) in enumerate(spans):
         if index not in replaced:
             continue
@@ -132,10 +144,14 @@ def render(text: str, spans: list[tuple[int, int]], replaced: dict[int, str | No
             elif end < len(text) and text[end] == " ":
                 end += 1
         out.append(text[cursor:start])
+        length += start - cursor
+        if index == track:
+            tracked = (length, length + len(new or ""))
         out.append(new or "")
+        length += len(new or "")
         cursor = end
     out.append(text[cursor:])
-    return "".join(out)
+    return "".join(out), tracked
 
 
 def attack_example(
@@ -146,8 +162,11 @@ def attack_example(
     budget: AttackBudget,
     pair: str | None = None,
     index: int = 0,
+    constraints: Sequence[Constraint] = (),
 ) -> AttackResult:
-    """Attack one example (module docstring); with ``pair`` the pair's second text is perturbed."""
+    """Attack one example (module docstring); with ``pair`` the pair's second text is perturbed; a
+    candidate is tried only if every one of ``constraints`` allows it
+    (:mod:`metakd.robustness.constraints`)."""
     target = text if pair is None else pair
 
     def score(variants: list[str]) -> Tensor:
@@ -188,6 +207,18 @@ def attack_example(
         if not options:
             continue
         options = [_with_case(c, word) for c in options]
+        if constraints:
+            before = render_tracking(target, spans, replaced, None)[0]
+            before_span = render_tracking(target, spans, {**replaced, position: word}, position)[1]
+            proposed = []
+            for c in options:
+                new_text, new_span = render_tracking(target, spans, {**replaced, position: c}, position)
+                proposed.append(Substitution(before, before_span, word, c, new_text, new_span))
+            allowed_options = {s.candidate for s in filter_substitutions(constraints, proposed)}
+            result.refused += len(options) - len(allowed_options)
+            options = [c for c in options if c in allowed_options]
+            if not options:
+                continue
         variants = [render(target, spans, {**replaced, position: c}) for c in options]
         scores = score(variants)
         queries += len(variants)
@@ -228,12 +259,20 @@ def attack_dataset(
     pairs: Sequence[str] | None = None,
     max_examples: int | None = None,
     seed: int = 0,
+    constraints: Sequence[Constraint] = (),
 ) -> dict[str, Any]:
     """Attack a seeded subset of the examples; returns the metrics (module docstring) and every result."""
     indices = sample_indices(len(texts), max_examples, seed)
     results = [
         attack_example(
-            predict, texts[i], int(labels[i]), source, budget, None if pairs is None else pairs[i], index=i
+            predict,
+            texts[i],
+            int(labels[i]),
+            source,
+            budget,
+            None if pairs is None else pairs[i],
+            index=i,
+            constraints=constraints,
         )
         for i in indices
     ]
@@ -257,4 +296,5 @@ def summarise_attack(results: Sequence[AttackResult]) -> dict[str, Any]:
         "skipped": n - attacked,
         "mean_perturbed_fraction": sum(changed) / len(changed) if changed else 0.0,
         "mean_queries": sum(r.queries for r in results) / n if n else 0.0,
+        "refused_candidates": sum(r.refused for r in results),
     }

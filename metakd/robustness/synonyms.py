@@ -8,6 +8,8 @@
   backbone's input-embedding table (e.g. MiniLM's 30522 x 384 WordPiece table). Neighbours in such a
   space include antonyms ("good" ~ "bad"), so WordNet antonyms are removed when WordNet is available.
 - :class:`TableSynonyms`: a given mapping word -> candidates (tests, your own lists).
+
+:func:`make_source` builds the source a command or the search names (``wordnet`` or ``embedding``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from metakd.errors import MetakdError
 from metakd.robustness.attack import STOPWORDS
@@ -177,3 +180,16 @@ class TableSynonyms:
 
     def candidates(self, word: str) -> list[str]:
         return list(self.table.get(word, []))
+
+
+def make_source(name: str, backbone: str, wordnet_dir: str, min_similarity: float, top_k: int) -> Any:
+    """The substitution source ``wordnet`` or ``embedding`` (:mod:`metakd.robustness.synonyms`)."""
+    if name == "wordnet":
+        return WordNetSynonyms(wordnet_dir)
+    try:
+        antonyms = WordNetSynonyms(wordnet_dir)
+    except WordNetError:
+        antonyms = None
+    return EmbeddingNeighbours.from_backbone(
+        backbone, min_similarity=min_similarity, top_k=top_k, antonyms=antonyms
+    )

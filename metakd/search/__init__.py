@@ -1,3 +1,4 @@
-"""Searching students: AdaBERT's differentiable architecture search per domain
-(:mod:`~metakd.search.adabert`), RoSearch's robustness-aware fitness (:mod:`~metakd.search.rosearch`) and
-``python -m metakd search`` (:mod:`~metakd.search.command`)."""
+"""Searching students per domain: AdaBERT's differentiable architecture search
+(:mod:`~metakd.search.adabert`), RoSearch's evolutionary search with a robustness-aware fitness
+(:mod:`~metakd.search.rosearch`), one run of either (:mod:`~metakd.search.run`) and ``python -m metakd
+search`` (:mod:`~metakd.search.command`). docs/SEARCH.md lists every file's job."""

@@ -1,14 +1,15 @@
 """``python -m metakd search --config configs/amazon/search/adabert.yaml [--search.steps 100 ...]``.
 
-Searches an AdaBERT student for one target domain (:mod:`metakd.search.adabert`) and writes
-``<out>/architecture.json`` (the derived architecture, human readable, with its cost) and
-``<out>/search.json`` (settings, the final operation probabilities per edge, the loss history). The
-config (jsonargparse, so every key is also a command-line option)::
+Searches a student for one target domain (:func:`metakd.search.run.run_search`: AdaBERT's search,
+RoSearch's evolutionary search, or AdaBERT's then RoSearch's) and writes ``<out>/architecture.json``
+(the architecture, human readable, with its cost) and ``<out>/search.json`` (settings, the final
+operation probabilities per edge, the loss and entropy history, RoSearch's candidates). The config
+(jsonargparse, so every key is also a command-line option)::
 
     teacher_ckpt: runs/.../teacher/mixed/checkpoints/best.ckpt   # what the search distils from
     data: {class_path: datamodules.AmazonReviewsDataModule, init_args: {target_domain: books, ...}}
-    search: {max_cells: 4, steps: 300, beta: 0.1, ...}             # SearchSettings
-    rosearch: {enabled: false, population: 4, ...}                 # RoSearchSettings
+    search: {max_cells: 4, steps: 400, beta: 0.1, ...}             # SearchSettings
+    rosearch: {enabled: false, population: 10, generations: 5, ...}  # RoSearchSettings
     out: runs/search/books
     seed: 42
 
@@ -45,7 +46,8 @@ def build_parser() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     from metakd.interrupt import Interrupted
-    from metakd.search.adabert import describe, run_search
+    from metakd.search.derive import describe
+    from metakd.search.run import run_search
 
     parser = build_parser()
     config = parser.parse_args(argv)

@@ -18,7 +18,7 @@ cells (both the projected embeddings for the first cell), node j >= 2 sums its `
 operation on an earlier node), and the cell's output is LayerNorm(mean of its intermediate nodes).
 
 Operations (width d; ``x`` is masked so that padding never changes a real position's value):
-``conv{3,5,7}`` = ReLU(LayerNorm(Conv1d_k(x))), ``dilconv{3,5}`` = the same with dilation 2,
+``conv{3,5,7}`` = ReLU(LayerNorm(Conv1d_k(x))), ``dilconv{3,5,7}`` = the same with dilation 2,
 ``maxpool3`` / ``avgpool3`` over the real positions of a window of 3, ``identity``, ``zero``.
 Their cost (:func:`op_cost`): a convolution of width k has k*d*d + d weights and biases plus 2d LayerNorm
 parameters and 2*k*d*d FLOPs per token (a multiply-add counts 2); a pooling of width k has no parameters
@@ -50,12 +50,15 @@ OPERATIONS: dict[str, tuple[str, int, int]] = {
     "conv7": ("conv", 7, 1),
     "dilconv3": ("conv", 3, 2),
     "dilconv5": ("conv", 5, 2),
+    "dilconv7": ("conv", 7, 2),
     "maxpool3": ("maxpool", 3, 1),
     "avgpool3": ("avgpool", 3, 1),
     "identity": ("identity", 0, 1),
     "zero": ("zero", 0, 1),
 }
-"""AdaBERT's candidate operations on an edge of a cell."""
+"""AdaBERT's candidate operations on an edge of a cell: the paper's ten (Chen et al. 2020:
+standard and dilated convolutions of width 3, 5 and 7, max and average pooling of width 3, identity and
+zero)."""
 
 
 def op_cost(name: str, width: int) -> tuple[int, int]:

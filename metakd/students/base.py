@@ -20,8 +20,10 @@ Writing a new architecture (one file, e.g. ``metakd/students/bilstm.py``)::
             ...
             return StudentOutput(logits=..., hidden_states=(...,), pooled=...)
 
-and use it from YAML: ``model.init_args.student_model: {class_path: bilstm, init_args: {...}}`` (a
-registered name or a dotted class path). Constructor arguments named like a field of
+and use it from YAML: ``model.init_args.student_model: {class_path: metakd.students.bilstm.BiLSTMStudent,
+init_args: {...}}`` (a dotted class path; a registered name such as ``bilstm`` works from Python, and in
+a LightningCLI config without ``init_args``: jsonargparse imports the ``class_path`` of a mapping with
+``init_args``). Constructor arguments named like a field of
 :class:`StudentContext` (``num_labels``, ``label_names``, ``vocab_size``, ``pad_token_id``,
 ``tokenizer_name``) are filled from the data; the rest come from ``init_args``.
 """
@@ -149,6 +151,12 @@ class StudentModel(nn.Module):
         forward's; an early-exit student exits early here while its forward runs every layer."""
         return self(input_ids, attention_mask, token_type_ids).logits
 
+    def for_export(self) -> nn.Module:
+        """The module ONNX export traces (the same logits as this model in eval mode). Default: the model
+        itself; a quantisation-aware student returns a copy whose weights sit on their int8 grid, without
+        the fake quantisation ops, so that dynamic int8 quantisation finds plain weights."""
+        return self
+
     def export_onnx_extras(
         self, out_dir: Path, probe: dict[str, Tensor], opset: int, atol: float
     ) -> dict[str, Any]:
@@ -198,9 +206,9 @@ def class_path(cls: type) -> str:
 
 
 def student_class(name: str) -> type[StudentModel]:
-    """A registered architecture name or a dotted class path, checked to be a :class:`StudentModel`."""
-    import metakd.students  # noqa: F401  (registers the built-in architectures)
-
+    """A registered architecture name or a dotted class path, checked to be a :class:`StudentModel`.
+    (The built-in architectures are registered: this module is imported through the ``metakd.students``
+    package, whose ``__init__`` imports every architecture file.)"""
     try:
         cls = STUDENTS.get(name)
     except KeyError as err:
@@ -230,7 +238,9 @@ def build_student(spec: dict[str, Any], context: StudentContext) -> StudentModel
     unknown = sorted(set(spec) - {"class_path", "init_args"})
     if unknown:
         raise StudentConfigError(
-            f"model.student_model has unknown keys {unknown}; expected class_path, init_args"
+            f"model.student_model has unknown keys {unknown}; expected class_path, init_args (an "
+            f"argument of the architecture goes below init_args: model.init_args.student_model.init_args."
+            f"{unknown[0]})"
         )
     cls = student_class(str(spec["class_path"]))
     init_args = dict(spec.get("init_args") or {})
@@ -329,33 +339,3 @@ def checkpoint_payload(
     if "hf_config" in payload["student"]:
         payload["hf_config"] = payload["student"]["hf_config"]  # what format-1 readers look for
     return payload
-
-
-def student_from_arguments(
-    spec: dict[str, Any] | None,
-    backbone: str,
-    layers: list[int] | int | None,
-    config: dict[str, Any] | None,
-    label_names: list[str],
-    tokenizer_name: str,
-) -> StudentModel:
-    """The Student's architecture: ``spec`` (``student_model``), else the BERT student of ``backbone`` /
-    ``layers`` / ``config``."""
-    from metakd.backbones import load_tokenizer
-    from metakd.students.hf import HFStudent
-
-    if spec is None:
-        model = HFStudent(len(label_names), label_names, tokenizer_name, backbone, layers, config)
-        model.init_args = {"backbone": backbone, "layers": layers, "config": config}
-        return model
-    if layers is not None or config is not None:
-        raise StudentConfigError("give model.student_model or student_layers / student_config, not both")
-    tokenizer = load_tokenizer(tokenizer_name)
-    context = StudentContext(
-        num_labels=len(label_names),
-        label_names=tuple(label_names),
-        tokenizer_name=tokenizer_name,
-        vocab_size=len(tokenizer),
-        pad_token_id=int(tokenizer.pad_token_id or 0),
-    )
-    return build_student(spec, context)

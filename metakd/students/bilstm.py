@@ -1,6 +1,12 @@
 """The BiLSTM student of Tang et al. 2019 ("Distilling Task-Specific Knowledge from BERT into Simple
-Neural Networks", arXiv 1903.12136): word embeddings, one or more bidirectional LSTM layers, max-pooling
-over time (or the final states), an MLP head.
+Neural Networks", arXiv 1903.12136): word embeddings, one or more bidirectional LSTM layers, the final
+states of both directions (the paper's sentence vector; max-pooling over time as an option), an MLP head.
+
+Sentence pairs (``siamese``, the paper's model for MNLI/QQP): the two sentences are encoded separately by
+the same BiLSTM into ``h1`` and ``h2``, and the head reads ``[h1, h2, h1 * h2, |h1 - h2|]``. The datamodule
+gives a pair as one sequence (``[CLS] a [SEP] b [SEP]``) with ``token_type_ids`` 0 for the first segment
+and 1 for the second; each example is split by its ``token_type_ids`` (the special tokens stay with their
+segment), and each segment is left-aligned on its own, so the features do not depend on padding either.
 
 Each layer runs a forward and a backward ``nn.LSTM`` over the concatenated states of the layer below.
 The batch is left-aligned first (:func:`~metakd.students.common.left_align`) and the backward direction
@@ -34,13 +40,15 @@ from metakd.students.common import (
 @STUDENTS.register("bilstm")
 class BiLSTMStudent(EmbeddingStudent):
     """Word embeddings -> ``num_layers`` bidirectional LSTM layers of ``hidden_size`` units per
-    direction -> ``pooling`` (``max``: max over time of the last layer's states; ``final``: the forward
-    direction's last state and the backward direction's first) -> ``Linear(2 hidden, mlp_size) -> ReLU
-    -> Linear(mlp_size, num_labels)``.
+    direction -> ``pooling`` (``final``, the default and the paper's: the forward direction's last state
+    and the backward direction's first; ``max``: max over time of the last layer's states) -> ``h``
+    (width ``2 hidden``) -> ``Linear(in, mlp_size) -> ReLU -> Linear(mlp_size, num_labels)``, where ``in``
+    is ``2 hidden``, or ``8 hidden`` with ``siamese`` (``[h1, h2, h1 * h2, |h1 - h2|]`` of a pair's two
+    segments; a segment without tokens has ``h = 0``).
 
     Embeddings: see :mod:`metakd.students.common` (``embedding_init``: ``backbone`` = ``backbone``'s
     WordPiece embeddings, ``random``; ``embedding_dim``; ``freeze_embeddings``).
-    Provides ``pooled`` (the pooled states, width ``2 * hidden_size``).
+    Provides ``pooled`` (what the head reads).
     """
 
     provides = frozenset({"pooled"})
@@ -57,9 +65,10 @@ class BiLSTMStudent(EmbeddingStudent):
         freeze_embeddings: bool = False,
         hidden_size: int = 150,
         num_layers: int = 1,
-        pooling: Literal["max", "final"] = "max",
+        pooling: Literal["max", "final"] = "final",
         mlp_size: int = 200,
         dropout: float = 0.1,
+        siamese: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size < 1 or num_layers < 1:
@@ -79,22 +88,19 @@ class BiLSTMStudent(EmbeddingStudent):
             self.forward_layers.append(nn.LSTM(in_size, hidden_size, batch_first=True))
             self.backward_layers.append(nn.LSTM(in_size, hidden_size, batch_first=True))
         self.pooling = pooling
+        self.siamese = bool(siamese)
         self.dropout = nn.Dropout(dropout)
-        self.head = mlp_head(2 * hidden_size, mlp_size, num_labels, dropout)
-        self._pooled_size = 2 * hidden_size
+        self._pooled_size = (8 if self.siamese else 2) * hidden_size
+        self.head = mlp_head(self._pooled_size, mlp_size, num_labels, dropout)
 
     @property
     def hidden_size(self) -> int:
         return self._pooled_size
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-        need: frozenset[str] = frozenset(),
-    ) -> StudentOutput:
-        order, lengths = left_align(attention_mask)
+    def encode(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """The sentence vector ``h`` (B, 2 hidden) of the tokens where ``mask`` (B, T) is set (0 for an
+        example without any)."""
+        order, lengths = left_align(mask)
         length = input_ids.shape[1]
         valid = valid_positions(lengths, length)
         backward_order = reverse_within_length(lengths, length)
@@ -113,5 +119,22 @@ class BiLSTMStudent(EmbeddingStudent):
         else:
             last = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, forward_out.shape[-1])
             pooled = torch.cat([forward_out.gather(1, last).squeeze(1), backward_out[:, 0]], dim=-1)
+        return pooled * (lengths > 0).unsqueeze(-1).to(pooled.dtype)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        need: frozenset[str] = frozenset(),
+    ) -> StudentOutput:
+        mask = attention_mask.bool()
+        if self.siamese:
+            second = token_type_ids.bool() if token_type_ids is not None else torch.zeros_like(mask)
+            h1 = self.encode(input_ids, mask & ~second)
+            h2 = self.encode(input_ids, mask & second)
+            pooled = torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1)
+        else:
+            pooled = self.encode(input_ids, mask)
         logits = self.head(self.dropout(pooled))
         return StudentOutput(logits=logits, pooled=pooled if "pooled" in need else None)

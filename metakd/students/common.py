@@ -4,9 +4,11 @@ initialised from a backbone's WordPiece embeddings, and padding-proof token book
 - :class:`EmbeddingStudent`: a :class:`~metakd.students.base.StudentModel` with a word-embedding table
   that starts from a backbone's input embeddings (``embedding_init: backbone``, the default: MiniLM-L6's
   30522 x 384 WordPiece embeddings for the ``minilm-l6`` tokenizer; ``embedding_dim`` below the
-  backbone's width keeps the leading principal components) or from random values
-  (``embedding_init: random``). A rebuilt model (export, reload) takes its weights from the state dict
-  and never loads the backbone again.
+  backbone's width keeps the leading principal components), from static embeddings that model2vec
+  distils from the backbone (``embedding_init: model2vec``, cached on disk:
+  :mod:`metakd.students.distilled_embeddings`) or from random values (``embedding_init: random``). A
+  rebuilt model (export, reload) takes its weights from the state dict and never loads the backbone
+  again.
 - :func:`left_align`, :func:`reverse_within_length`, :func:`masked_max`, :func:`masked_mean`: gathers
   that put every sequence's real tokens first, so that a recurrent or convolutional student gives the
   same output whatever padding (right or left) the batch carries. All are ONNX-exportable (cumsum,
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from metakd.errors import StudentConfigError
 from metakd.students.base import StudentModel
 
-EmbeddingInit = Literal["backbone", "random"]
+EmbeddingInit = Literal["backbone", "model2vec", "random"]
 RANDOM_EMBEDDING_DIM = 128
 """Width of randomly initialised embeddings when ``embedding_dim`` is not given."""
 
@@ -62,7 +64,10 @@ def word_embeddings(
     dim: int | None,
 ) -> nn.Embedding:
     """An embedding table: the backbone's WordPiece embeddings (``dim`` None: its full width; smaller:
-    its leading principal components) or random N(0, 0.1^2) values of width ``dim`` (default 128)."""
+    its leading principal components), the backbone's static embeddings distilled by model2vec (``dim``:
+    model2vec's PCA width, None: the backbone's width without PCA;
+    :mod:`metakd.students.distilled_embeddings`) or random N(0, 0.1^2) values of width ``dim`` (default
+    128)."""
     if init == "random":
         dim = RANDOM_EMBEDDING_DIM if dim is None else dim
         if dim < 1:
@@ -72,8 +77,15 @@ def word_embeddings(
         with torch.no_grad():
             table.weight[pad_token_id].zero_()
         return table
+    if init == "model2vec":
+        from metakd.students.distilled_embeddings import model2vec_word_embeddings
+
+        if dim is not None and dim < 1:
+            raise StudentConfigError(f"embedding_dim must be >= 1, got {dim}")
+        weight = model2vec_word_embeddings(backbone, tokenizer_name, vocab_size, dim)
+        return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=pad_token_id)
     if init != "backbone":
-        raise StudentConfigError(f"embedding_init must be 'backbone' or 'random', got {init!r}")
+        raise StudentConfigError(f"embedding_init must be 'backbone', 'model2vec' or 'random', got {init!r}")
     weight = backbone_word_embeddings(backbone, tokenizer_name, vocab_size)
     if dim is not None and dim != weight.shape[1]:
         if not 1 <= dim < weight.shape[1]:
@@ -100,6 +112,13 @@ class EmbeddingStudent(StudentModel):
         freeze_embeddings: bool,
     ) -> int:
         """Create ``self.embeddings``; returns its width."""
+        from metakd.text_features import featurizer_for
+
+        if featurizer_for(tokenizer_name) is not None:
+            raise StudentConfigError(
+                f"{type(self).__name__} reads a vocabulary's token ids, but the data's tokenizer "
+                f"{tokenizer_name!r} is a pQRNN featurizer (hashed word features: only pqrnn reads them)"
+            )
         self.embeddings = word_embeddings(
             vocab_size, pad_token_id, tokenizer_name, embedding_init, backbone, embedding_dim
         )
