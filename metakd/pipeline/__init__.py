@@ -31,10 +31,10 @@ fit cut off mid-way resumes from its ``last.ckpt``). Test metrics, the dev curve
 predictions are written by callbacks placed in the cell's config (:class:`TestMetricsWriter`,
 :class:`DevCurveWriter`, :class:`PredictionsWriter`; no log parsing).
 
-The rooms, each depending only on those above it (docs/ARCHITECTURE.md draws the map):
+The rooms (docs/ARCHITECTURE.md draws the map: which imports which, with no circle):
 
 - :mod:`.config`: reading and checking a pipeline config; what a row (``methods``, ``variants``) means;
-- :mod:`.plan`: the cells of one seed and what each needs; ``--kinds``/``--cells`` selection;
+- :mod:`.plan`: the cells of one seed and what each needs; ``--kinds``/``--cells`` selection; priorities;
 - :mod:`.writers`: the callbacks a cell records its test metrics, dev curve and predictions with;
 - :mod:`.cellstore` (keys, result files) and :mod:`.store` (a planned cell's config, key, folders, result);
 - :mod:`.invoke`, :mod:`.robustness`, :mod:`.runner`: running one cell (a metakd command in a subprocess or
@@ -43,8 +43,9 @@ The rooms, each depending only on those above it (docs/ARCHITECTURE.md draws the
   priority, the totals, what fits in ``--max-cpu-minutes``);
 - :mod:`.progress`: the run's progress lines and ETA; :mod:`.ray_runner` and :mod:`.run`: every cell, in
   priority order, one after another or on Ray;
-- the report: :mod:`.analysis` (intervals, costs, curves, warnings), :mod:`.tables` (the summary),
-  :mod:`.markdown`, :mod:`.report` (the files);
+- the report: :mod:`.analysis` (intervals, costs, curves, warnings), :mod:`.scarcity_report` (the scarcity
+  study's pairs and L2A selections), :mod:`.tables` (the summary), :mod:`.formats`, :mod:`.markdown`,
+  :mod:`.report` (the files);
 - :mod:`.command`: the command line.
 
 This package's names are its public face: ``from metakd import pipeline`` gives the functions of every room
