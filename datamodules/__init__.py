@@ -7,8 +7,10 @@ from datamodules.eda import EDA
 from datamodules.errors import DataError
 from datamodules.jsonl import JsonlDataModule
 from datamodules.l2a_generator import L2AGenerator
+from datamodules.metakd_transfer import MetaKDTransferSet  # registers the `metakd_transfer` transfer set
 from datamodules.mnli import MNLIDataModule
 from datamodules.tang_augment import TangAugmenter  # registers the `tang` augmenter
+from datamodules.unlabeled import UnlabeledTexts  # registers the `unlabeled` transfer set
 
 __all__ = [
     "AUGMENTERS",
@@ -20,7 +22,9 @@ __all__ = [
     "JsonlDataModule",
     "L2AGenerator",
     "MNLIDataModule",
+    "MetaKDTransferSet",
     "MultiDomainDataModule",
     "TangAugmenter",
+    "UnlabeledTexts",
     "register_augmenter",
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import MultiDomainDataModule, Record, stratified_split
+from datamodules.base import MultiDomainDataModule
 from datamodules.errors import DataError
 from datamodules.readers import iter_records, label_index, require_field, require_text
+from datamodules.splitting import Record, stratified_split
 
 AMAZON_DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 AMAZON_LABELS = ["negative", "positive"]
@@ -24,7 +25,7 @@ class AmazonReviewsDataModule(MultiDomainDataModule):
     kitchen (each file in its own order: positives, then negatives), then a seeded (``seed``, 11111)
     stratified-on-sentiment shuffle split takes 10% as test, and the same rule takes 10% of the rest as
     dev: 6480 / 720 / 800. The split is ``datasets.Dataset.train_test_split(test_size=0.1,
-    seed=seed, stratify_by_column="label")`` twice (see :func:`datamodules.base.stratified_split`).
+    seed=seed, stratify_by_column="label")`` twice (see :func:`datamodules.splitting.stratified_split`).
 
     The totals match the protocol. The per-domain counts that a follow-up work lists (books
     1631/170/199, dvd 1621/194/185, electronics 1615/172/213, kitchen 1613/184/203) could not be

@@ -51,6 +51,12 @@ from metakd.utils import Registry, atomic_write_bytes
 UNKNOWN_LABEL = -100
 """The label of an augmented example whose class only the teacher knows (PyTorch's ``ignore_index``)."""
 
+NO_SOURCE = -1
+"""The ``source_example_id`` of an augmented example that comes from no training example."""
+
+WEIGHT_FEATURE = "weight"
+"""The feature of an augmented example that is its loss weight (see ``train_example_weights``)."""
+
 AUGMENT_KEYS = ("class_path", "init_args", "per_example")
 AUGMENT_FORMAT_VERSION = 1  # bump when the cached augmented records change meaning
 
@@ -73,13 +79,17 @@ class AugmentContext:
 class AugmentedExample:
     """One new training example (before it is given an ``example_ids`` value).
 
-    ``source`` is the position, in the pooled training split, of the example it came from; ``domain``
-    and ``label`` default to the source's (``label`` is :data:`UNKNOWN_LABEL` when the augmenter does
-    not keep labels); ``features`` are numbers a selector may read (e.g. distance to a prototype).
+    ``source`` is the position, in the pooled training split, of the example it came from, or None for
+    an example that comes from no training example (an unlabelled review; its ``source_example_id`` is
+    :data:`NO_SOURCE`, and it must name its ``domain``); ``domain`` and ``label`` default to the source's
+    (``label`` is :data:`UNKNOWN_LABEL` when the augmenter does not keep labels or there is no source);
+    ``features`` are numbers a selector may read (e.g. distance to a prototype). The feature
+    :data:`WEIGHT_FEATURE` is the example's loss weight (1 when absent): the ``Student`` multiplies every
+    loss term of the example by it (``train_example_weights`` of the datamodule).
     """
 
     text: str
-    source: int
+    source: int | None
     text_pair: str | None = None
     domain: str | None = None
     label: int | None = None
@@ -221,30 +231,36 @@ def augmented_records(
             return rows
     spec.augmenter.prepare(context)
     rows = []
+    pairs = bool(context.train) and context.train[0].get("text_pair") is not None
     for offset, example in enumerate(spec.augmenter.generate(context, spec.per_example)):
-        if not 0 <= example.source < len(context.train):
+        if example.source is not None and not 0 <= example.source < len(context.train):
             raise DataError(
                 f"augmenter {spec.class_path!r} returned source {example.source}, not a position of the "
                 f"training split (0..{len(context.train) - 1})"
             )
-        source = context.train[example.source]
+        if example.source is None and example.domain is None:
+            raise DataError(
+                f"augmenter {spec.class_path!r}: an example without a source must name its domain"
+            )
+        source = context.train[example.source] if example.source is not None else {}
         if example.label is not None:
             label = example.label
         else:
-            label = source["label"] if spec.augmenter.keeps_label else UNKNOWN_LABEL
+            label = source["label"] if spec.augmenter.keeps_label and source else UNKNOWN_LABEL
         row = {
             "text": example.text,
             "label": int(label),
             "domain": example.domain or source["domain"],
             "example_id": first_id + offset,
-            "source_example_id": example.source,
+            "source_example_id": example.source if example.source is not None else NO_SOURCE,
             "augmented": True,
             "kind": example.kind,
             "features": {k: float(v) for k, v in example.features.items()},
         }
-        if (example.text_pair is None) != (source.get("text_pair") is None):
+        if (example.text_pair is None) == pairs:
             raise DataError(
-                f"augmenter {spec.class_path!r}: a new example must have a text_pair iff its source has"
+                f"augmenter {spec.class_path!r}: a new example must have a text_pair iff the training "
+                f"examples have one ({'they do' if pairs else 'they do not'})"
             )
         if example.text_pair is not None:
             row["text_pair"] = example.text_pair
@@ -263,7 +279,9 @@ __all__ = [
     "AugmentSpec",
     "AugmentedExample",
     "Augmenter",
+    "NO_SOURCE",
     "UNKNOWN_LABEL",
+    "WEIGHT_FEATURE",
     "augmented_records",
     "example_rng",
     "parse_augment",

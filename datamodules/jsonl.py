@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datamodules.base import MultiDomainDataModule, Record, stratified_split
+from datamodules.base import MultiDomainDataModule
 from datamodules.errors import DataError
 from datamodules.readers import iter_records, label_index, require_field, require_text
+from datamodules.splitting import Record, stratified_split
 
 
 def _int_like(value: Any) -> int | None:

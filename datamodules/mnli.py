@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datamodules.base import MultiDomainDataModule, Record, stratified_split
+from datamodules.base import MultiDomainDataModule
 from datamodules.errors import DataError
 from datamodules.readers import iter_records, label_index, require_field, require_text
+from datamodules.splitting import Record, stratified_split
 
 MNLI_GENRES = ["fiction", "government", "slate", "telephone", "travel"]
 MNLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -25,7 +26,7 @@ class MNLIDataModule(MultiDomainDataModule):
     """MNLI with the five training genres as domains; labels entailment/neutral/contradiction (0/1/2).
 
     Split (METAKD.md "Data protocol"): per genre, a seeded stratified (on label) 90/10 split of that
-    genre's train rows gives train/dev (:func:`datamodules.base.stratified_split`, ``seed``); test is
+    genre's train rows gives train/dev (:func:`datamodules.splitting.stratified_split`, ``seed``); test is
     that genre's ``dev_matched`` rows in file order. The pooled splits list the genres in the order
     above. The shipped copy (``datamodules/data/mnli``) is a 20,000/5,000-pair subset (see its README):
     numbers on it are not comparable with published MNLI numbers. ``data_dir`` points at a full copy.

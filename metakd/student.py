@@ -188,6 +188,7 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
             load_student_weights(self, init_from)
         # What the architecture left trainable: the parameters a stage with `trains` may unfreeze.
         self._trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        self._example_weights: Tensor | None = None  # the data's v_i by example id (a weighted transfer set)
 
     # ---------------------------------------------------------------------------------------------
     # construction
@@ -229,6 +230,8 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
         if self.teacher_source is not None:
             self.teacher_source.to(self.device)
         self.distiller.setup(self.teacher_source, datamodule, self.stages, self.device)
+        weights = getattr(datamodule, "train_example_weights", None)
+        self._example_weights = None if weights is None else weights.to(self.device)
         if self.teacher_source is not None and self.reads_teacher:
             self.teacher_source.setup_cache(
                 self.hparams.cache_teacher_outputs, datamodule, self.num_labels, self.hparams.cache_dir
@@ -287,7 +290,9 @@ class Student(TargetDomainEvaluation, pl.LightningModule):
             teacher = self.teacher_source.outputs(batch, request)
         step = StepContext(batch, student, teacher, self.distillation_modules)
         weights = self.distiller.instance_weights(step) if stage.weighted else None
-        loss, logs = stage_loss(stage, step, weights)
+        data_weights = self._example_weights
+        example_weights = None if data_weights is None else data_weights[batch["example_ids"]]
+        loss, logs = stage_loss(stage, step, weights, example_weights)
         batch_size = batch["labels"].shape[0]
         self.log_dict(logs, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

@@ -299,11 +299,14 @@ def train_id_count(datamodule: Any) -> int | None:
 def by_source_example(values: Tensor, datamodule: Any) -> Tensor:
     """Per-example values of the pooled training split (``num_pooled_train`` rows) extended to every
     training id: an augmented example gets the value of the example it came from
-    (``datamodule.source_example_ids``). Unchanged for a datamodule without augmentation."""
+    (``datamodule.source_example_ids``), NaN when it comes from none (source -1: an unlabelled review of
+    a transfer set). Unchanged for a datamodule without augmentation."""
     source = getattr(datamodule, "source_example_ids", None)
     if source is None or source.shape[0] == values.shape[0]:
         return values
-    return values[source.to(values.device)]
+    source = source.to(values.device)
+    out = values[source.clamp_min(0)]
+    return out.masked_fill(source < 0, float("nan")) if out.is_floating_point() else out
 
 
 def teacher_split_fingerprint(teacher: nn.Module) -> str | None:

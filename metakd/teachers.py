@@ -349,14 +349,24 @@ class FrozenTeacher:
     @torch.no_grad()
     def prefill_logits(self, dataloader: Any, device: torch.device) -> None:
         """Run the teacher once over the examples the logits cache lacks: every later step reads its
-        logits, also under DDP, where each rank's shuffled shards would otherwise keep missing the cache."""
+        logits, also under DDP, where each rank's shuffled shards would otherwise keep missing the cache.
+        A tqdm bar shows the progress (thousands of transfer-set examples take minutes on a CPU)."""
         if self.cache is None:
             return
-        for batch in dataloader:
+        bar = None  # a progress bar from the first batch the cache lacks (none when all is cached)
+        for index, batch in enumerate(dataloader):
             if bool(self.cache.filled[batch["example_ids"]].all()):
                 continue
+            if bar is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(dataloader), initial=index, desc="Teacher labels", unit="batch",
+                           mininterval=2.0)  # fmt: skip
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             self._forward_and_store(batch, TeacherRequest())
+            bar.update(1)
+        if bar is not None:
+            bar.close()
 
     # ------------------------------------------------------------------ transferability
     def transferability(self, datamodule: Any) -> Tensor:

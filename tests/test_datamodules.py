@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from datamodules import AmazonReviewsDataModule, JsonlDataModule, MNLIDataModule
-from datamodules.base import BATCH_KEYS, PadCollator
 from datamodules.errors import DataError
+from datamodules.loading import BATCH_KEYS, PadCollator
 
 AMAZON_DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 # The protocol output of AmazonReviewsDataModule (seed 11111): split -> domain -> count.

@@ -2,10 +2,12 @@
 
 The objective of a training step in stage ``s`` is
 
-    L = (1/B) sum_i w_i * sum_k c_k * l_k,i
+    L = (1/B) sum_i v_i * w_i * sum_k c_k * l_k,i
 
 over the stage's loss terms ``k`` (each a per-instance loss ``l_k,i`` with its weight ``c_k``), where
-``w_i`` are the method's instance weights in a ``weighted`` stage and 1 otherwise. Every term is logged
+``w_i`` are the method's instance weights in a ``weighted`` stage and 1 otherwise, and ``v_i`` the data's
+example weights (1, unless a transfer set weights its examples: the datamodule's
+``train_example_weights``, logged as ``train/example_weight_mean``). Every term is logged
 as ``train/loss_<name>`` (its batch mean before ``c_k``); a term whose weight is 0 is switched off
 (nothing is built or computed for it, and it logs 0) unless it is a ``monitor`` term, which is
 computed and logged but adds nothing. A weighted stage logs ``train/weight_mean``.
@@ -314,8 +316,11 @@ def check_needs(
                 )
 
 
-def stage_loss(stage: Stage, step: StepContext, weights: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(L, logs)``: the stage objective of the module docstring and ``train/loss_<term>`` values."""
+def stage_loss(
+    stage: Stage, step: StepContext, weights: Tensor | None, example_weights: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(L, logs)``: the stage objective of the module docstring and ``train/loss_<term>`` values;
+    ``weights`` are w_i (used in a weighted stage), ``example_weights`` v_i (always used)."""
     total: Tensor | None = None
     logs: dict[str, Tensor] = {}
     for term in stage.terms:
@@ -344,6 +349,9 @@ def stage_loss(stage: Stage, step: StepContext, weights: Tensor | None) -> tuple
                 )
             total = weights * total
         logs["train/weight_mean"] = weights.detach().mean() if weights is not None else torch.ones(())
+    if example_weights is not None:
+        total = example_weights * total
+        logs["train/example_weight_mean"] = example_weights.detach().mean()
     return total.mean(), logs
 
 

@@ -45,7 +45,7 @@ class SearchData:
 
 def split_rows(labels: list[int], arch_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Stratified, seeded ``(weight rows, architecture rows)`` of a training split."""
-    from datamodules.base import stratified_split
+    from datamodules.splitting import stratified_split
 
     rest, held_out = stratified_split(labels, arch_fraction, seed, "the search's architecture split")
     return sorted(rest), sorted(held_out)
