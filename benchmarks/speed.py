@@ -850,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         args.train_seq = 32
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from metakd.pipeline import package_versions, write_json
+    from metakd.pipeline import package_versions
+    from metakd.utils import write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -88,7 +88,8 @@ def measure(models: dict[str, Any], batches: dict[str, dict], repeats: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metakd import cellstore, pipeline
+    from metakd import pipeline
+    from metakd.pipeline import cellstore
     from metakd.search.derive import describe
     from metakd.utils import import_object
 

@@ -20,8 +20,8 @@ from helpers import (
     train_tiny_teacher,
 )
 
-from metakd import cellstore
 from metakd.errors import StudentConfigError
+from metakd.pipeline import cellstore
 from metakd.search.derive import derive
 from metakd.search.relaxation import gumbel_softmax, sample_gumbel, temperature_at
 from metakd.search.supernet import SuperNet, expected_cost

@@ -1,4 +1,4 @@
-"""The cell store (metakd/cellstore.py and the pipeline's use of it): a cell's key leaves out what
+"""The cell store (metakd/pipeline/cellstore.py and the pipeline's use of it): a cell's key leaves out what
 changes no number; predictions and result files round-trip; a teacher shared by two configs is trained
 once; every cell is tested on each of the config's test sets; a teacher whose checkpoint is missing
 locally is trained again and checked against its committed result."""
@@ -13,7 +13,8 @@ import pytest
 import yaml
 from test_pipeline import tiny_pipeline_config
 
-from metakd import cellstore, pipeline
+from metakd import pipeline
+from metakd.pipeline import cellstore
 
 
 def test_identity_leaves_out_what_changes_no_number(tmp_path: Path) -> None:

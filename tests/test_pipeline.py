@@ -13,7 +13,8 @@ import pytest
 import yaml
 from helpers import REPO, run_metakd, tiny_encoder_config, tiny_student_config
 
-from metakd import cellstore, pipeline
+from metakd import pipeline
+from metakd.pipeline import cellstore
 
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}
 DOMAINS = ["books", "dvd"]
@@ -264,7 +265,7 @@ def test_several_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
 
 def test_in_process_output_goes_to_the_cell_log(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     log = tmp_path / "fit.log"
-    with pipeline._output_to(log):
+    with pipeline.output_to(log):
         print("from print")
         os.write(1, b"from fd 1\n")
         os.write(2, b"from fd 2\n")
@@ -363,7 +364,7 @@ def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.
     """A local Ray instance with 2 workers runs the cells (students after their teacher) with the same
     results as the sequential run; a failing cell is run twice, then recorded, and the rest go on."""
     pytest.importorskip("ray", reason="Ray is the optional extra metakd[ray] (scripts/setup.sh installs it)")
-    from metakd import ray_dispatch
+    from metakd.pipeline import ray_runner
 
     config_path = tiny_pipeline_config(tmp_path)
     config = yaml.safe_load(config_path.read_text())
@@ -395,7 +396,7 @@ def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.
         assert parallel["metrics"] == sequential["metrics"]
         assert parallel["key"] == sequential["key"] and parallel["config"] == sequential["config"]
         broken = ray_runs / "tiny_quick" / "1" / f"student/broken/{domain}"
-        failure = json.loads((broken / ray_dispatch.FAILURE_FILE).read_text())
+        failure = json.loads((broken / ray_runner.FAILURE_FILE).read_text())
         assert failure["attempts"] == 2 and "fit failed" in failure["messages"][0]
         assert "no_such" in (broken / "fit.log").read_text()
         assert not (broken / pipeline.RESULT_FILE).exists()
@@ -408,7 +409,7 @@ def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.
 
 
 def test_each_ray_cell_asks_for_its_cpus_or_gpus(tmp_path: Path) -> None:
-    from metakd.ray_dispatch import cell_resources
+    from metakd.pipeline.ray_runner import cell_resources
 
     config = pipeline.load_pipeline_config(tiny_pipeline_config(tmp_path), quick=True)
     config["studies"], config["methods"] = ["main"], ["meta"]

@@ -94,8 +94,8 @@ def test_l2a_study_reports_paired_intervals_and_the_selection_spread(tmp_path: P
     random selection is +25 points on books (3 of 4 test reviews right against 2 of 4, every seed) and 0
     on kitchen; the selection probabilities' summary (a result file's ``l2a_selection``, copied there
     from the cell's l2a_selection.json) is averaged over the seeds."""
-    from metakd import cellstore
-    from metakd.scarcity_report import SELECTION_FILE, selection_of
+    from metakd.pipeline import cellstore
+    from metakd.pipeline.scarcity_report import SELECTION_FILE, selection_of
 
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "scarcity_l2a_selection.yaml")
     assert config["scarcity"]["compare"] == [["meta_l2a", "meta_l2a_random"]] and len(config["seeds"]) == 5

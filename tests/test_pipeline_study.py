@@ -12,7 +12,8 @@ import pytest
 from helpers import ToyMultiDomainDataModule, tiny_teacher, tiny_trainer
 from test_pipeline import tiny_pipeline_config
 
-from metakd import cellstore, pipeline
+from metakd import pipeline
+from metakd.pipeline import cellstore
 
 
 def study_config(tmp_path: Path, **changes) -> dict:
@@ -23,7 +24,7 @@ def study_config(tmp_path: Path, **changes) -> dict:
 
 def test_the_shared_data_block_is_the_default_of_teacher_and_student(tmp_path: Path) -> None:
     path = tiny_pipeline_config(tmp_path)
-    raw = json.loads(json.dumps(pipeline._read_extended(path)))
+    raw = json.loads(json.dumps(pipeline.read_extended(path)))
     data = raw["teacher"].pop("data")
     raw["student"].pop("data")
     raw["data"] = data

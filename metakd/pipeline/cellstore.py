@@ -15,6 +15,9 @@ Two places hold a cell:
   metrics and per-example predictions on every test set, the dev curve, CPU seconds, the environment and
   the resolved config with no machine paths. Reports are rebuilt from these files alone
   (``pipeline --report-only``), so a study can be finished over several days and machines.
+
+This module knows nothing of pipeline configs (:mod:`metakd.pipeline.store` resolves a planned cell into
+the config whose key is computed here).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +106,13 @@ def fill_store(value: Any, store_dir: str | Path) -> Any:
 
 def result_path(results_store: str | Path, key: str) -> Path:
     return Path(results_store) / f"{key}.json"
+
+
+def result_files(results_store: str | Path) -> list[dict[str, Any]]:
+    """Every result file in ``results_store`` (every config's finished cells), by key."""
+    folder = Path(results_store)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
 
 
 def read_result_file(results_store: str | Path, key: str) -> dict[str, Any] | None:
@@ -185,3 +197,34 @@ def write_result_file(results_store: str | Path, key: str, payload: dict[str, An
     json.loads(text)  # still JSON
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
     return path
+
+
+def package_versions() -> dict[str, str]:
+    """The environment a result was made in (a result file's ``environment``, the report's versions): Python,
+    platform, the versions of the main packages, the CPU count and the git commit."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in (
+        "torch",
+        "pytorch-lightning",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "onnxruntime",
+        "metakd",
+    ):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["cpu_count"] = str(os.cpu_count())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            versions["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return versions

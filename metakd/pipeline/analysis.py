@@ -1,19 +1,17 @@
-"""The benchmark report beyond the accuracy table: paired bootstrap intervals against Meta-KD, CPU cost
-per row, teacher dev curves, warnings about teachers worse than the student they should improve, and the
-Markdown for all of it. Used by :func:`metakd.pipeline.collect` / ``render_markdown``.
+"""The benchmark report's analysis beyond the accuracy table: paired bootstrap intervals of Meta-KD (the
+``compare_to`` row) minus every other student row, the smallest difference the study can detect, CPU minutes
+per row, the teachers' dev curves, and warnings about teachers worse than the student they should improve.
 
-Inputs are the pipeline's :class:`~metakd.pipeline.Row` list, the cells' results keyed by ``(seed, cell)``
-and a function giving each cell's per-example predictions on the report's test set (rows ``example_id,
-domain, label, pred``; from the cells' result files, :mod:`metakd.cellstore`).
+Inputs are the report's :class:`~metakd.pipeline.tables.Row` list, the cells' results keyed by
+``(seed, cell)`` and a function giving each cell's per-example predictions on the report's test set (rows
+``example_id, domain, label, pred``; from the cells' result files, :mod:`.cellstore`). The Markdown of all of
+it is :mod:`.markdown`'s.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import statistics
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from metakd.stats import mean_std, pair_predictions, paired_bootstrap
@@ -260,190 +258,3 @@ def analyse(
             "strata": "(domain, seed); per domain: seed",
         },
     }
-
-
-def bundle_predictions(path: Path, cells: Iterable[tuple[int, str]], rows_of: RowsOf) -> int:
-    """Write every cell's predictions into one gzip JSON Lines file (rows get ``seed`` and ``cell``);
-    returns the number of rows. The file is not written when no cell has predictions."""
-    lines = []
-    for seed, cell in cells:
-        for row in rows_of(seed, cell) or []:
-            lines.append(json.dumps({"seed": seed, "cell": cell, **row}, sort_keys=True))
-    if not lines:
-        path.unlink(missing_ok=True)
-        return 0
-    partial = path.with_name(f".{path.name}.partial")
-    with gzip.GzipFile(partial, "wb", mtime=0) as handle:  # mtime 0: the same rows give the same bytes
-        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
-    partial.replace(path)
-    return len(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Markdown
-
-
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
-
-
-def interval_text(interval: dict[str, Any] | None) -> str:
-    """``+1.2 [-0.3, +2.7]`` in accuracy points; bold when significant (the interval excludes 0)."""
-    if not interval:
-        return "—"
-    text = f"{_points(interval['diff'])} [{_points(interval['low'])}, {_points(interval['high'])}]"
-    return f"**{text}**" if interval["significant"] else text
-
-
-def cost_text(cost: dict[str, Any] | None) -> str:
-    if not cost or cost.get("own") is None:
-        return "—"
-    text = f"{cost['own']:.1f}"
-    if cost.get("teachers"):
-        text += f" (+{cost['teachers']:.1f})"
-    return text
-
-
-def fmt(stat: dict[str, Any]) -> str:
-    if not stat or stat.get("mean") is None:
-        return "—"
-    text = f"{100 * stat['mean']:.1f}"
-    if stat["n"] > 1:
-        text += f" ± {100 * stat['std']:.1f}"
-    return text
-
-
-BUDGET_TITLES = {
-    "A": "budget A: every student the same prediction-stage steps, a staged method's intermediate stage "
-    "on top",
-    "B": "budget B: every student the same total steps (a staged method's intermediate stage included)",
-}
-
-
-def _table(domains: list[str], rows: dict[str, Any]) -> list[str]:
-    lines = ["| method | " + " | ".join(domains) + " | average |", "| --- |" + " ---: |" * (len(domains) + 1)]
-    for row in rows.values():
-        cells = [fmt(row[d]) for d in domains] + [fmt(row["average"])]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def render_tables(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    """Markdown of the accuracy tables: teachers with the students of the first budget, the students of
-    the other budget, the ablation study (its teachers and students)."""
-    domains = summary["domains"]
-    main = summary.get("main") or {}
-    budgets = list(config.get("budgets") or ["B"])
-    lines: list[str] = []
-    if main:
-        first = {
-            k: r for k, r in main.items() if r["kind"] == "teacher" or r.get("budget") in (budgets[0], None)
-        }
-        if len(budgets) > 1:
-            lines += [f"Students: {BUDGET_TITLES[budgets[0]]}.", ""]
-        lines += _table(domains, first)
-        for budget in budgets[1:]:
-            students = {
-                k: r for k, r in main.items() if r["kind"] == "student" and r.get("budget") in (budget, None)
-            }
-            lines += [f"## Students, {BUDGET_TITLES[budget]}", ""] + _table(domains, students)
-    ablation = summary.get("ablation") or {}
-    if ablation:
-        title = BUDGET_TITLES[config.get("ablation_budget", "B")].split(":")[0]
-        lines += [f"## Ablations of Meta-KD (students: {title})", ""] + _table(domains, ablation)
-    return lines
-
-
-def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    """Markdown of the paired intervals (per domain and on the average) and of the warnings."""
-    domains = summary["domains"]
-    comparisons_ = summary.get("comparisons") or []
-    lines: list[str] = []
-    if comparisons_:
-        reference = next(
-            (
-                r["label"]
-                for r in (summary.get("main") or {}).values()
-                if r.get("method") == config.get("compare_to")
-            ),
-            "Meta-KD",
-        )
-        lines += [
-            f"## {reference} minus each other student (accuracy points, paired bootstrap 95% interval)",
-            "",
-            f"Test examples resampled within each (domain, seed), {summary['bootstrap']['resamples']} "
-            "replicates; the average weighs every (domain, seed) equally, as the table does. **Bold**: the "
-            "interval excludes 0 (a significant difference). Positive: Meta-KD is better.",
-            "",
-            "| budget | row | " + " | ".join(domains) + " | average |",
-            "| --- | --- |" + " ---: |" * (len(domains) + 1),
-        ]
-        for c in comparisons_:
-            values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
-            lines.append(f"| {c['budget'] or '-'} | {c['label']} | " + " | ".join(values) + " |")
-        detectable = summary.get("detectable_difference")
-        if detectable is not None:
-            lines += [
-                "",
-                f"Smallest difference this study can detect on the average: about ±{100 * detectable:.1f} "
-                "points (the half-width of the average's 95% interval, median over the rows above).",
-            ]
-        missing = sorted({m for c in comparisons_ for m in c["missing_predictions"]})
-        if missing:
-            shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
-            lines += [
-                "",
-                f"Cells without per-example predictions (left out of the intervals): {len(missing)}: {shown}",
-            ]
-        lines.append("")
-    if summary.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
-    return lines
-
-
-def render_costs(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    """Markdown of the teachers' dev accuracy and steps, and of every row's CPU minutes."""
-    costs = summary.get("cpu_minutes") or {}
-    curves = summary.get("teacher_curves") or {}
-    rows = {**(summary.get("main") or {}), **(summary.get("ablation") or {})}
-    if not rows or not any(c.get("own") is not None for c in costs.values()) and not curves:
-        return []
-    lines = [
-        "## Cost and teacher training",
-        "",
-        "CPU-min: user + system CPU minutes per seed of the row's own cells (fit and test, all domains), "
-        "and in brackets of the teachers they need. Teachers: best dev accuracy (mean over seeds, and over "
-        "domains for per-domain teachers), the step of the best dev check and the last step.",
-        "",
-        "| row | budget | CPU-min | best dev (%) | steps: best / last |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
-    for key, row in rows.items():
-        dev, steps = _teacher_dev(curves, key) if row["kind"] == "teacher" else ("", "")
-        lines.append(
-            f"| {row['label']} | {row.get('budget') or ''} | {cost_text(costs.get(key))} | {dev} | {steps} |"
-        )
-    return lines + [""]
-
-
-def _teacher_dev(curves: dict[str, Any], key: str) -> tuple[str, str]:
-    """Best dev accuracy (mean over seeds; for per-domain teachers over domains too) and steps."""
-    names = [n for n in curves if _teacher_row_of(n) == key]
-    best = [v["best_val_acc"] for n in names for v in curves[n].values() if v.get("best_val_acc") is not None]
-    steps = [
-        (v["best_step"], v["last_step"])
-        for n in names
-        for v in curves[n].values()
-        if v.get("best_step") is not None
-    ]
-    if not best:
-        return "—", "—"
-    dev = f"{100 * statistics.fmean(best):.1f}"
-    text = f"{statistics.fmean(s[0] for s in steps):.0f} / {statistics.fmean(s[1] for s in steps):.0f}"
-    return dev, text
-
-
-def _teacher_row_of(cell: str) -> str:
-    """``teacher/single/books`` -> ``teacher_single``; ``teacher/mixed`` -> ``teacher_mixed``."""
-    parts = cell.split("/")
-    return f"teacher_{parts[1]}"

@@ -2,7 +2,7 @@
 ``scarcity.compare`` (e.g. L2A's learned against its random selection), and the spread of L2A's selection
 probabilities. :class:`metakd.l2a_selector.L2ASelector` writes ``l2a_selection.json`` into a cell's
 folder, and the pipeline copies it into the cell's result file (``l2a_selection``), so the report is
-rebuilt from the result files alone. Used by :func:`metakd.pipeline.collect` and ``render_markdown``.
+rebuilt from the result files alone. Used by :func:`.tables.collect`, :mod:`.runner` and :mod:`.markdown`.
 
 ``points`` is the pipeline's scarcity summary: ``{domain: {row: {fraction: {"cell": name, ...}}}}``;
 ``results`` the cells' results keyed by ``(seed, cell)``.
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from metakd.errors import ConfigError
-from metakd.report import RESAMPLES, Predictions, RowsOf, compare, interval_text
+from metakd.pipeline.analysis import RESAMPLES, Predictions, RowsOf, compare
+from metakd.pipeline.formats import interval_text
 
 SELECTION_FILE = "l2a_selection.json"
 """What ``L2ASelector`` writes into a cell's folder (its ``default_root_dir``)."""

@@ -1,7 +1,7 @@
 """Pipeline cells fanned out over Ray (``python -m metakd pipeline --workers N`` or ``--ray-address``).
 
 The cells of a pipeline are independent models except that a student needs its teacher's checkpoint.
-:func:`run_on_ray` runs each cell with :func:`metakd.pipeline.run_cell_and_attack` (the same function as the
+:func:`run_on_ray` runs each cell with :func:`.runner.run_cell_and_attack` (the same function as the
 sequential run, so reuse and resume are unchanged: a cell with a matching ``result.json`` is skipped, an
 interrupted fit resumes from ``last.ckpt``) as a Ray task, on a local Ray instance (``workers`` cells at
 a time) or on the cluster at ``ray_address``:
@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from metakd.interrupt import STOP_GRACE_S, Interrupted, deferred, reinstall, stop_signals
-from metakd.pipeline import Cell, PipelineError, cell_config, cell_dir, run_cell_and_attack
+from metakd.pipeline.config import PipelineError
+from metakd.pipeline.plan import Cell
+from metakd.pipeline.runner import run_cell_and_attack
+from metakd.pipeline.store import cell_config, cell_dir
 from metakd.utils import write_json
 
 FAILURE_FILE = "failed.json"
@@ -66,7 +69,7 @@ def cell_resources(config: dict[str, Any], seed: int, cell: Cell) -> dict[str, f
 
 
 def _run_cell_task(cwd: str, config: dict[str, Any], seed: int, cell: Cell, in_process: bool) -> tuple:
-    """The Ray task: :func:`metakd.pipeline.run_cell_and_attack` in the driver's working directory.
+    """The Ray task: :func:`metakd.pipeline.runner.run_cell_and_attack` in the driver's working directory.
 
     ``ray.cancel`` (without force) raises the stop in the task through the SIGINT handler installed here:
     the cell stops as in a sequential run (a subprocess fit gets the signal) and reports ``interrupted``.
