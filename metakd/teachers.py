@@ -358,9 +358,7 @@ class FrozenTeacher:
             return
         by_input = None
         if self._cache_dir is not None:
-            by_input = LogitsByInput(
-                self._cache_dir / f"teacher-input-logits-{self.fingerprint()[:32]}.pt"
-            )
+            by_input = LogitsByInput(self._cache_dir / f"teacher-input-logits-{self.fingerprint()[:32]}.pt")
         bar = None  # a progress bar from the first batch the cache lacks (none when all is cached)
         for index, batch in enumerate(dataloader):
             if bool(self.cache.filled[batch["example_ids"]].all()):
