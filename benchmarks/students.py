@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,63 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def load_cell_model(ckpt: Path, data: Any) -> tuple[Any, int]:
-    """``(batch -> logits, parameters)`` of a Student or MetaTeacher checkpoint (eval mode)."""
-    from metakd.export import build_student, read_student_checkpoint
-    from metakd.student import CHECKPOINT_KEY
-    from metakd.students.base import logits_only
-
-    header = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    if CHECKPOINT_KEY in header:
-        model = build_student(read_student_checkpoint(ckpt)).eval()
-        wrapped = logits_only(model).eval()
-        return (lambda b: wrapped(b["input_ids"], b["attention_mask"], b["token_type_ids"])), sum(
-            p.numel() for p in model.parameters()
-        )
-    from metakd.teachers import FrozenTeacher, TeacherRequest
-
-    teacher = FrozenTeacher(str(ckpt), data.label_names, data.domain_names, None)
-    size = sum(p.numel() for p in teacher.module.parameters())
-    return (lambda b: teacher.forward(b, TeacherRequest()).logits), size
-
-
-def probe_batch(data: Any, domain: str, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    """``batch`` test reviews of ``domain``, tokenised to exactly ``seq`` tokens."""
-    records = [r for r in data.raw_splits()["test"] if r["domain"] == domain][:batch]
-    encoded = data.tokenizer(
-        [r["text"] for r in records],
-        truncation=True,
-        max_length=seq,
-        padding="max_length",
-        return_tensors="pt",
-    )
-    encoded = dict(encoded)
-    encoded.setdefault("token_type_ids", torch.zeros_like(encoded["input_ids"]))
-    encoded["domain_ids"] = torch.full((len(records),), data.domain_names.index(domain), dtype=torch.long)
-    return encoded
-
-
-def measure(models: dict[str, Any], batches: dict[str, dict], repeats: int) -> dict[str, float]:
-    """Examples per second, medians over interleaved repetitions (one warm-up each)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.no_grad():
-        for name, model in models.items():
-            model(batches[name])
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(batches[name])
-                times[name].append(time.perf_counter() - start)
-    return {
-        name: batches[name]["input_ids"].shape[0] / statistics.median(values)
-        for name, values in times.items()
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     from metakd import pipeline
     from metakd.pipeline import cellstore
     from metakd.search.derive import describe
+    from metakd.throughput import examples_per_second, load_model, probe_batch
     from metakd.utils import import_object
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -125,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result = json.loads(result_path.read_text(encoding="utf-8"))
             key = f"{row}/{domain}"
-            model, size = load_cell_model(directory / "checkpoints" / "best.ckpt", data)
+            model, size = load_model(directory / "checkpoints" / "best.ckpt", data)
             accuracy = pipeline.cell_accuracy(result, domain)
             entry = {"row": row, "label": labels[row], "domain": domain, "cell": cell, "parameters": size,
                      "size_mb": round(4 * size / 2**20, 1), "accuracy": accuracy}  # fmt: skip
@@ -148,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if row in searched or domain == config["domains"][0]:
                 models[key], batches[key] = model, probe_batch(data, domain, args.batch, args.seq)
             entries[key] = entry
-    throughput = measure(models, batches, args.repeats)
+    throughput = examples_per_second(models, batches, args.repeats)
     for key, entry in entries.items():
         shared = f"{entry['row']}/{config['domains'][0]}"
         entry["examples_per_s"] = round(throughput.get(key, throughput.get(shared, float("nan"))), 1)

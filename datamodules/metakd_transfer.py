@@ -92,14 +92,14 @@ def pretrained_states(
     path = Path(cache_dir or ".") / "metakd_transfer" / f"h-{digest}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    from tqdm.auto import tqdm
+    from metakd.progress import WithProgress
 
     tokenizer = load_tokenizer(hp["backbone"])
     encoder = build_encoder(hp["backbone"], None, None).eval()
     padding = "max_length" if pooling == "padded_mean_skip_cls" else True
     chunks = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(texts), 64), desc="Meta-KD transfer set: h_i", unit="batch"):
+        for start in WithProgress(range(0, len(texts), 64), "Meta-KD transfer set: h_i"):
             batch = texts[start : start + 64]
             pairs = [t[1] for t in batch] if batch[0][1] is not None else None
             inputs = tokenizer([t[0] for t in batch], pairs, truncation=True, max_length=max_length,
@@ -176,8 +176,10 @@ class MetaKDTransferSet(Augmenter):
         max_length = self.max_length or (checkpoint.get("datamodule_hyper_parameters") or {}).get(
             "max_length", 128
         )
-        texts = [[context.train[i]["text"], context.train[i].get("text_pair")] for i in positions]
-        h = pretrained_states(texts, checkpoint, int(max_length), context.cache_dir)
+        # h_i of the whole pooled training split, cached once per backbone: every target domain's (and
+        # every teacher's) transfer set reads its rows
+        texts = [[record["text"], record.get("text_pair")] for record in context.train]
+        h = pretrained_states(texts, checkpoint, int(max_length), context.cache_dir)[positions]
         labels = torch.tensor([int(context.train[i]["label"]) for i in positions], dtype=torch.long)
         prototypes = checkpoint["state_dict"]["prototypes"].float()
         return target_closeness(h, prototypes, teacher_domains.index(context.target_domain), labels)

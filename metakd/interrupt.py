@@ -243,6 +243,7 @@ def run_child(
     stderr: IO[Any] | int | None = None,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> int:
     """``subprocess.run(argv, ...).returncode`` (``subprocess.TimeoutExpired`` after ``timeout``), for a
     child that a stop reaches: it runs in its own session; when this process gets a stop signal the
@@ -252,7 +253,9 @@ def run_child(
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         with deferred():  # a stop between the start and the registration would leave the child running
-            process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                argv, stdout=stdout, stderr=stderr, env=env, start_new_session=True, pass_fds=pass_fds
+            )
             _state.children.add(process)
         while True:
             try:

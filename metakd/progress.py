@@ -233,6 +233,49 @@ class StreamProgressBar(TQDMProgressBar):
         return state
 
 
+def loop_bar(
+    total: int | None, desc: str, unit: str = "batch", environ: Mapping[str, str] | None = None
+) -> Tqdm:
+    """A progress bar for a loop outside Lightning's (a teacher labelling a transfer set, the
+    transferability scores of a training set): on the stream and with the label that
+    ``METAKD_PROGRESS_FD`` / ``_LABEL`` name (standard error and no label by default), a bar on a terminal
+    and a line at most every ``METAKD_PROGRESS_INTERVAL`` seconds elsewhere, as :class:`StreamProgressBar`.
+    Use it as tqdm: ``update(n)``, ``close()``."""
+    environ = os.environ if environ is None else environ
+    settings = progress_bar_from_environment(environ)
+    if settings.stream_spec is None:
+        settings.stream_spec = sys.stderr
+    desc = desc if desc.endswith(": ") else f"{desc}: "  # (the line format puts the count right after it)
+    common = {"total": total, "desc": desc, "unit": unit, "label": settings.label, "leave": True}
+    if settings.is_terminal():
+        return LabelledTqdm(file=settings.stream, dynamic_ncols=True, mininterval=0.5, **common)
+    return LineTqdm(out=settings.stream, throttle=settings.throttle, **common)
+
+
+class WithProgress:
+    """A data loader that shows a :func:`loop_bar` while it is iterated; every other attribute (its
+    ``dataset``, its length) is the loader's, so code that inspects the loader sees no difference."""
+
+    def __init__(self, loader: Any, desc: str, unit: str = "batch") -> None:
+        self.loader, self.desc, self.unit = loader, desc, unit
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Any:
+        total = len(self.loader) if hasattr(self.loader, "__len__") else None
+        bar = loop_bar(total, self.desc, self.unit)
+        try:
+            for item in self.loader:
+                yield item
+                bar.update(1)
+        finally:
+            bar.close()
+
+
 def progress_bar_from_environment(environ: Mapping[str, str] | None = None) -> StreamProgressBar:
     """The bar ``python -m metakd`` adds: ``METAKD_PROGRESS_FD``, ``_LABEL``, ``_INTERVAL`` and
     ``_TERMINAL`` (see the module docstring); each unset one takes its default."""

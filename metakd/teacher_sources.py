@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.errors import StudentConfigError, TeacherCheckpointError
+from metakd.progress import WithProgress
 from metakd.utils import file_fingerprint, sha256_json
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def recompute_transferability(teacher: nn.Module, datamodule: Any, teacher_domai
     pad_token_id = getattr(encoder.config, "pad_token_id", None) or 0
     scores = torch.full((num_examples,), float("nan"))
     with torch.no_grad():
-        for batch in datamodule.train_eval_dataloader():
+        for batch in WithProgress(datamodule.train_eval_dataloader(), "Transferability t_i (recomputed)"):
             if pooling == "padded_mean_skip_cls" and max_length is not None:
                 batch = _pad_batch_to(batch, max_length, pad_token_id)
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

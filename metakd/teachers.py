@@ -364,10 +364,10 @@ class FrozenTeacher:
             if bool(self.cache.filled[batch["example_ids"]].all()):
                 continue
             if bar is None:
-                from tqdm.auto import tqdm
+                from metakd.progress import loop_bar
 
-                bar = tqdm(total=len(dataloader), initial=index, desc="Teacher labels", unit="batch",
-                           mininterval=2.0)  # fmt: skip
+                bar = loop_bar(len(dataloader), "Teacher labels")
+                bar.update(index)
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             if by_input is None:
                 self._forward_and_store(batch, TeacherRequest())

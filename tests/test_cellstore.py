@@ -114,15 +114,25 @@ def two_configs(tmp_path: Path) -> tuple[Path, Path]:
     return paths
 
 
-def test_a_teacher_shared_by_two_configs_is_trained_once(tmp_path: Path, capsys) -> None:
+def test_a_teacher_shared_by_two_configs_is_trained_once(tmp_path: Path, capfd) -> None:
     a_path, b_path = two_configs(tmp_path)
     assert pipeline.main(["--config", str(a_path), "--quick", "--domains", "books"]) == 0
-    out_a = capsys.readouterr().out
+    out_a = capfd.readouterr().out
+    # every model shows its progress on the pipeline's output, labelled by its cell (lines: not a terminal)
+    for line in (
+        "1/teacher/meta: Transferability t_i (pre-trained encoder): 9/9",
+        "1/teacher/meta: Epoch 1/1: 1/1",
+        "1/teacher/meta test_large: Testing DataLoader 0: ",
+        "1/student/meta/books: Teacher labels: ",
+        "1/student/meta/books: Epoch 2/2: 1/1",
+    ):
+        assert line in out_a, out_a
+    assert "\r" not in out_a
     assert pipeline.main(["--config", str(b_path), "--quick", "--domains", "books"]) == 0
-    out_b = capsys.readouterr().out
+    out_b = capfd.readouterr().out
     teacher_line = [line for line in out_b.splitlines() if "teacher/meta" in line and line.startswith("[")]
     assert teacher_line and " skipped " in teacher_line[0]  # config b reuses config a's teacher
-    assert " done " in [line for line in out_a.splitlines() if "teacher/meta" in line][0]
+    assert " done " in [line for line in out_a.splitlines() if "teacher/meta" in line and line[0] == "["][0]
     a = pipeline.load_pipeline_config(a_path, quick=True)
     b = pipeline.load_pipeline_config(b_path, quick=True)
     assert pipeline.cell_key(a, 1, "teacher/meta") == pipeline.cell_key(b, 1, "teacher/meta")

@@ -190,21 +190,64 @@ def test_variants_are_rows_of_a_method_with_their_own_teacher_overrides_and_labe
 DOMAINS4 = ("books", "dvd", "electronics", "kitchen")
 
 
-def test_main_job_is_meta_kd_beside_no_kd_from_an_early_stopped_teacher() -> None:
-    """`make run`: the built-in budget on Amazon; a teacher that stops early, then per domain Meta-KD
-    and a no-KD student of the same size and prediction epochs (budget A)."""
+def test_main_job_is_a_meta_teacher_and_three_textcnn_students_per_domain() -> None:
+    """`make run`: the built-in budget on Amazon; a meta-teacher, then per domain three TextCNN students of
+    the same size and steps: no KD, no KD + the Meta-KD transfer set, Meta-KD (logits, w_i) + that set."""
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "main_job.yaml")
-    assert config["methods"] == ["none", "meta"] and config["budgets"] == ["A"] and config["seeds"] == [1]
-    teacher = config["teacher"]["trainer"]
-    assert teacher["max_steps"] == 300 and teacher["callbacks"][0]["init_args"]["monitor"] == "val/acc"
+    assert config["methods"] == ["textcnn_none", "textcnn_none_transfer", "textcnn_metakd"]
+    assert config["seeds"] == [1] and config["test_sets"] == ["test", "test_large"]
+    assert config["teacher"]["trainer"]["max_steps"] == 150
     cells = {cell.name: cell for cell in pipeline.plan_cells(config)}
-    domains = ("books", "dvd", "electronics", "kitchen")
-    assert set(cells) == {"teacher/meta"} | {
-        f"student/{m}/{d}" for m in ("none", "meta_budgetA") for d in domains
-    }
-    student = pipeline.cell_config(config, 1, cells["student/meta_budgetA/books"])
-    plain = pipeline.cell_config(config, 1, cells["student/none/books"])
-    assert student["trainer"]["max_epochs"] == plain["trainer"]["max_epochs"] + 1  # the intermediate epoch
+    rows = ("textcnn_none", "textcnn_none_transfer", "textcnn_metakd")
+    assert set(cells) == {"teacher/meta"} | {f"student/{m}/{d}" for m in rows for d in DOMAINS4}
+    built = {m: pipeline.cell_config(config, 1, cells[f"student/{m}/books"]) for m in rows}
+    for m in rows:  # the same student, steps and batch
+        assert (
+            built[m]["model"]["init_args"]["student_model"]
+            == built["textcnn_none"]["model"]["init_args"]["student_model"]
+        )
+        assert built[m]["trainer"]["max_steps"] == 300 and built[m]["data"]["init_args"]["batch_size"] == 32
+    assert "augment" not in built["textcnn_none"]["data"]["init_args"]
+    for m in ("textcnn_none_transfer", "textcnn_metakd"):
+        augment = built[m]["data"]["init_args"]["augment"]
+        assert augment["class_path"] == "metakd_transfer" and augment["init_args"]["teacher_ckpt"].endswith(
+            "best.ckpt"
+        )
+    assert built["textcnn_metakd"]["model"]["init_args"]["distillation"] == "meta_logit"
+
+
+def test_main_job_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
+    """The real command `python -m metakd pipeline --config configs/amazon/main_job.yaml --quick`: every
+    model trained and tested, the report with the showcase (throughput, the best student exported and
+    answering the config's raw text), progress lines labelled by cell; a second call reuses everything."""
+    args = ["pipeline", "--config", REPO / "configs" / "amazon" / "main_job.yaml", "--quick"]
+    args += [
+        "--runs-dir",
+        tmp_path / "runs",
+        "--store-dir",
+        tmp_path / "store",
+        "--results-dir",
+        tmp_path / "r",
+    ]
+    result = run_metakd(*args, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "1/teacher/meta: Epoch" in output and "1/student/textcnn_metakd/books: Epoch" in output
+    assert "Meta-KD transfer set" in output and "\r" not in output  # occasional lines off a terminal
+    markdown = (tmp_path / "r" / "main_job_quick.md").read_text(encoding="utf-8")
+    for label in ("TextCNN, no KD", "TextCNN, no KD + the Meta-KD transfer set", "TextCNN, Meta-KD"):
+        assert f"| Student: {label}" in markdown, label
+    assert "## Speed, and where the best student lands" in markdown and "**Best student**" in markdown
+    assert "The battery died after two days" in markdown  # the exported student answered the raw text
+    summary = json.loads((tmp_path / "r" / "main_job_quick.json").read_text(encoding="utf-8"))
+    show = summary["showcase"]
+    assert f"**{show['prediction']['label']}** (p = " in markdown
+    assert all(row["examples_per_s"] for row in show["rows"].values())
+    assert Path(show["export"]["out"]).is_dir() and any(Path(show["export"]["out"]).iterdir())
+    again = run_metakd(*args, timeout=300)
+    lines = [line for line in again.stdout.splitlines() if line.startswith("[")]
+    assert again.returncode == 0 and len(lines) == 7 and all(" skipped " in line for line in lines)
+    assert (tmp_path / "r" / "main_job_quick.md").read_text(encoding="utf-8") == markdown  # digit for digit
 
 
 def test_main_job_40steps_config_is_the_meta_kd_slice_of_the_pipeline() -> None:

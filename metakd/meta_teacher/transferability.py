@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from metakd.errors import ConfigError
 from metakd.meta_teacher.network import build_encoder
+from metakd.progress import WithProgress
 from metakd.prototypes import (
     load_or_compute_transferability,
     parse_transferability_scale,
@@ -95,7 +96,7 @@ class TransferabilityWeights:
             encoder = build_encoder(hparams.backbone, None, None).to(device)
         t, prototypes, from_cache = load_or_compute_transferability(
             encoder,
-            datamodule.train_eval_dataloader(),
+            WithProgress(datamodule.train_eval_dataloader(), "Transferability t_i (pre-trained encoder)"),
             split_fingerprint=datamodule.split_fingerprint,
             backbone=hparams.backbone,
             max_length=getattr(datamodule, "max_length", None),

@@ -6,11 +6,11 @@ progress lines. In this process (``in_process``) there is no interpreter start-u
 :func:`output_to` sends ``sys.stdout``/``sys.stderr`` and file descriptors 1 and 2 to the log for the
 duration of the command. A stop (SIGINT/SIGTERM, :mod:`metakd.interrupt`) reaches the command either way.
 
-The progress of each model (steps done of total, rate, ETA) is not drawn here: the command's own progress
-bar does it (``metakd.progress``, from the ``cli-fixes`` branch: it writes to the file descriptor that
-``METAKD_PROGRESS_FD`` names, labelled by ``METAKD_PROGRESS_LABEL``). :func:`run_cli` is where the pipeline
-hands its terminal to that bar (the comments marked "progress hand-off"): the terminal is file descriptor 1
-before :func:`output_to` replaces it, and the environment of a subprocess cell.
+The progress of each model (steps done of total, rate, ETA) is drawn by the command's own progress bar
+(:mod:`metakd.progress`) on the pipeline's standard output, although the rest of the command's output goes
+to the log: :func:`progress_hand_off` duplicates file descriptor 1 before :func:`output_to` replaces it,
+and names the duplicate and the cell in ``METAKD_PROGRESS_FD`` / ``METAKD_PROGRESS_LABEL`` (a subprocess
+cell inherits the descriptor). Off a terminal the bar is a line now and then.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from metakd.interrupt import interrupted_exit, note, run_child
+from metakd.progress import ENV_FD, ENV_LABEL
 
 
 @contextlib.contextmanager
@@ -51,43 +52,74 @@ def output_to(log_path: Path) -> Iterator[Any]:
             os.close(fd)
 
 
-def run_cli(args: list[str], log_path: Path, in_process: bool, timeout: float | None) -> int:
+@contextlib.contextmanager
+def progress_hand_off(label: str | None) -> Iterator[dict[str, str]]:
+    """While the block runs, ``METAKD_PROGRESS_FD`` names a duplicate of this process's standard output
+    and ``METAKD_PROGRESS_LABEL`` is ``label``; yields those variables (for a subprocess's environment).
+    Without a label nothing is handed off."""
+    if label is None:
+        yield {}
+        return
+    sys.stdout.flush()
+    fd = os.dup(1)
+    variables = {ENV_FD: str(fd), ENV_LABEL: label}
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield variables
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        os.close(fd)
+
+
+def run_cli(
+    args: list[str], log_path: Path, in_process: bool, timeout: float | None, label: str | None = None
+) -> int:
     """``python -m metakd <args>`` in a subprocess, or in this process (no interpreter start-up and
-    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way.
+    imports per cell; ``timeout`` does not apply); the output goes to ``log_path`` either way, the
+    progress bar of the model (labelled ``label``) to this process's standard output.
 
     A stop (SIGINT/SIGTERM: :mod:`metakd.interrupt`) raises :class:`Interrupted`: in this process it stops
     the run in flight; a subprocess gets the signal forwarded, and its exit 130/143 raises it too."""
-    if in_process:
-        from metakd.cli import main as cli_main
-
-        # progress hand-off (in this process): dup fd 1 here, before output_to sends it to the log, and
-        # name the dup in METAKD_PROGRESS_FD for the duration of the command
-        with output_to(log_path):
+    with progress_hand_off(label) as variables:
+        if in_process:
+            return _run_in_process(args, log_path)
+        env = {**os.environ, **variables}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("HF_DATASETS_OFFLINE", "1")
+        env.setdefault("WANDB_MODE", "disabled")
+        passed = (int(variables[ENV_FD]),) if variables else ()
+        with open(log_path, "w", encoding="utf-8") as log:
             try:
-                code = int(cli_main(args) or 0)
-            except SystemExit as exit_:
-                code = int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-            except Exception:  # noqa: BLE001 - a failed cell must not stop the pipeline
-                traceback.print_exc()
-                return 1
-        signum = interrupted_exit(code)
-        if signum is not None:  # (only without an outer stop handler: otherwise Interrupted propagates)
-            raise note(signum)
-        return code
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env.setdefault("WANDB_MODE", "disabled")
-    # progress hand-off (subprocess): METAKD_PROGRESS_FD / METAKD_PROGRESS_LABEL in env, and the fd passed on
-    with open(log_path, "w", encoding="utf-8") as log:
+                return run_child(
+                    [sys.executable, "-m", "metakd", *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    timeout=timeout,
+                    pass_fds=passed,
+                )
+            except subprocess.TimeoutExpired:
+                log.write(f"\n[pipeline] timed out after {timeout} s\n")
+                return 124
+
+
+def _run_in_process(args: list[str], log_path: Path) -> int:
+    from metakd.cli import main as cli_main
+
+    with output_to(log_path):
         try:
-            return run_child(
-                [sys.executable, "-m", "metakd", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            log.write(f"\n[pipeline] timed out after {timeout} s\n")
-            return 124
+            code = int(cli_main(args) or 0)
+        except SystemExit as exit_:
+            code = int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+        except Exception:  # noqa: BLE001 - a failed cell must not stop the pipeline
+            traceback.print_exc()
+            return 1
+    signum = interrupted_exit(code)
+    if signum is not None:  # (only without an outer stop handler: otherwise Interrupted propagates)
+        raise note(signum)
+    return code

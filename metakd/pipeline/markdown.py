@@ -11,6 +11,7 @@ from typing import Any
 
 from metakd.pipeline import scarcity_report
 from metakd.pipeline.formats import cost_text, fmt, format_seconds, interval_text
+from metakd.pipeline.showcase import render_showcase
 
 REPORT_END_OF_PRINTED = "<!-- end of the part printed on the terminal -->"
 TEST_SET_WORDS = {
@@ -47,14 +48,28 @@ def budget_line(config: dict[str, Any]) -> str:
                 )
             text = f"{model.get('backbone', 'minilm-l6')}; {text}"
         else:
-            fresh = model.get("student_config")
+            fresh, architecture = model.get("student_config"), model.get("student_model")
             if fresh:
                 size = f"fresh BERT {fresh.get('num_hidden_layers', '?')}L/H{fresh.get('hidden_size', '?')}"
+            elif architecture:
+                options = ", ".join(f"{k} {v}" for k, v in (architecture.get("init_args") or {}).items())
+                size = str(architecture.get("class_path", "?")).rsplit(".", 1)[-1]
+                size += f" ({options})" if options else ""
             else:
                 backbone = model.get("student_backbone", "minilm-l6")
                 size = f"{backbone} layers {model.get('student_layers', 'all')}"
-            epochs = model.get("intermediate_epochs", "?")
-            text = f"{size}; {text}; intermediate stage (two-stage methods) {epochs} epoch(s)"
+            if trainer.get("max_steps", -1) not in (-1, None):
+                every = trainer.get("val_check_interval", 1.0)
+                every = f"{every} steps" if isinstance(every, int) else f"{every} epoch"
+                text = (
+                    f"{trainer['max_steps']} steps of {data.get('batch_size', '?')}, max_length "
+                    f"{data.get('max_length', '?')}, lr {model.get('prediction_lr', '?')}, a dev check every "
+                    f"{every} (the best one kept)"
+                )
+            text = f"{size}; {text}"
+            if "intermediate_epochs" in model:
+                epochs = model["intermediate_epochs"]
+                text += f"; intermediate stage (two-stage methods) {epochs} epoch(s)"
         return text
 
     return f"teachers: {part('teacher')}. students: {part('student')}"
@@ -82,6 +97,7 @@ def render_markdown(config: dict[str, Any], summary: dict[str, Any]) -> str:
     if config.get("is_quick"):
         lines += ["*Quick mode: a smoke test of the pipeline, not a result.*", ""]
     lines += render_tables(config, summary) + render_comparisons(config, summary)
+    lines += render_showcase(summary.get("showcase"), summary.get("test_set", "test"))
     for test_set, tables in (summary.get("by_test_set") or {}).items():
         if test_set != primary:
             lines += [f"## Test accuracy on `{test_set}`{TEST_SET_WORDS.get(test_set, '')}", ""]

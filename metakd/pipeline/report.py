@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from metakd.pipeline import cellstore
-from metakd.pipeline.analysis import RowsOf
+from metakd.pipeline.analysis import Predictions, RowsOf
 from metakd.pipeline.markdown import budget_line, render_markdown
+from metakd.pipeline.pareto import accuracy_intervals, plot_pareto
 from metakd.pipeline.plan import plan_cells
+from metakd.pipeline.showcase import showcase
 from metakd.pipeline.store import cell_config, cell_key, cell_predictions, read_result, store_dir
 from metakd.pipeline.tables import collect, report_test_set
 from metakd.utils import write_json
@@ -91,6 +93,7 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
     summary["quick"] = bool(config.get("is_quick"))
     summary["versions"] = cellstore.package_versions()
     summary["json"] = str(json_path)
+    summary["showcase"] = showcase(config, summary)
     if "scarcity" in summary:
         summary["scarcity"]["plot"] = plot_scarcity(summary, results_dir / f"{config['name']}_scarcity.png")
     if summary.get("teacher_curves"):
@@ -98,6 +101,13 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
         summary["teacher_curves_plot"] = plot_teacher_curves(summary["teacher_curves"], curves_path)
     predictions_path = results_dir / f"{config['name']}_predictions.jsonl.gz"
     primary = report_test_set(config)
+    if summary["showcase"]:  # accuracy with its interval against speed
+        rows_of = lambda seed, name: cell_predictions(read_result(config, seed, name), primary)  # noqa: E731
+        intervals = accuracy_intervals(config, summary, Predictions(rows_of))
+        for key, interval in intervals.items():
+            summary["showcase"]["rows"][key]["interval"] = [interval["low"], interval["high"]]
+        pareto_path = results_dir / f"{config['name']}_pareto.png"
+        summary["showcase"]["plot"] = plot_pareto(summary["showcase"], intervals, pareto_path, primary)
     count = bundle_predictions(
         predictions_path,
         [(seed, cell.name) for seed in config["seeds"] for cell in cells],

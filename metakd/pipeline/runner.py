@@ -115,14 +115,22 @@ def _run_in_store(
     payload: dict[str, Any] = {"cell": cell.name, "kind": cell.kind, "seed": seed, "info": cell.info}
     if cell.kind == "search":
         if (
-            run_cli(["search", "--config", str(config_path)], directory / "search.log", in_process, timeout)
+            run_cli(
+                ["search", "--config", str(config_path)],
+                directory / "search.log",
+                in_process,
+                timeout,
+                label=f"{seed}/{cell.name}",
+            )  # fmt: skip
             != 0
         ):
             return "failed", time.monotonic() - start, f"search failed, see {directory / 'search.log'}"
         payload["metrics"] = {}
         payload["architecture"] = json.loads((directory / "architecture.json").read_text(encoding="utf-8"))
     else:
-        failed = _fit_and_test(config, cell, directory, config_path, in_process, timeout, payload)
+        failed = _fit_and_test(
+            config, f"{seed}/{cell.name}", directory, config_path, in_process, timeout, payload
+        )
         if failed:
             return "failed", time.monotonic() - start, failed
     seconds = time.monotonic() - start
@@ -145,7 +153,7 @@ def _run_in_store(
 
 def _fit_and_test(
     config: dict[str, Any],
-    cell: Cell,
+    label: str,
     directory: Path,
     config_path: Path,
     in_process: bool,
@@ -159,7 +167,7 @@ def _fit_and_test(
         args = ["fit", "--config", str(config_path)]
         if (directory / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", "last"]  # an interrupted fit continues
-        if run_cli(args, directory / "fit.log", in_process, timeout) != 0:
+        if run_cli(args, directory / "fit.log", in_process, timeout, label=label) != 0:
             return f"fit failed, see {directory / 'fit.log'}"
         fit_marker.write_text("ok\n", encoding="utf-8")
     by_set: dict[str, Any] = {}
@@ -171,7 +179,10 @@ def _fit_and_test(
         if test_set != "test":
             args += ["--data.init_args.test_set", test_set]
         log_path = test_set_path(directory / "test.log", test_set)
-        if run_cli(args, log_path, in_process, timeout) != 0 or not metrics_path.is_file():
+        if (
+            run_cli(args, log_path, in_process, timeout, label=f"{label} {test_set}") != 0
+            or not metrics_path.is_file()
+        ):
             return f"test on {test_set} failed, see {log_path}"
         tested = json.loads(metrics_path.read_text(encoding="utf-8"))
         if not tested["metrics"]:

@@ -108,6 +108,8 @@ def _cell_config(config: dict[str, Any], seed: int, cell: Cell, paths: bool) -> 
     directory = store_dir(config) / cellstore.cell_key(merged)
     trainer = merged.setdefault("trainer", {})
     trainer["default_root_dir"] = str(directory)
+    if config.get("progress", True):  # the model's progress bar (on the pipeline's terminal); no number
+        trainer["enable_progress_bar"] = True
     callbacks = list(trainer.get("callbacks") or [])
     for writer, filename in (
         ("TestMetricsWriter", TEST_METRICS_FILE),

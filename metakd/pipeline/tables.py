@@ -144,6 +144,7 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     primary = report_test_set(config)
     out["test_set"] = primary
     out["by_test_set"] = {}
+    out["row_cells"] = {row.key: dict(row.cells) for row in rows}
     for test_set in config.get("test_sets") or ["test"]:
         tables: dict[str, dict[str, Any]] = {}
         for row in rows:

@@ -63,6 +63,7 @@ def golden_config(root: Path) -> dict[str, Any]:
         "runs_dir": str(root / "runs"),
         "results_dir": str(root / "results"),
         "keep_checkpoints": {"teacher": "best", "student": "best"},
+        "progress": False,  # the cells' progress bars (issue 25, after this record): off, as when recorded
         "robustness": {"max_examples": 10, "source": "wordnet"},
         "scarcity": {
             "domains": ["books"],
@@ -243,6 +244,10 @@ def report_record(root: Path) -> tuple[dict[str, Any], str]:
     json_path, md_path = pipeline.write_results(config)
     summary = json.loads(json_path.read_text(encoding="utf-8"))
     summary.pop("versions")
+    # added after this record (issue 25: the showcase and the rows' cells it reads; the progress switch)
+    for key in ("row_cells", "showcase"):
+        summary.pop(key, None)
+    summary["pipeline_config"].pop("progress", None)
     for key in ("predictions_file", "teacher_curves_plot"):  # present or not with matplotlib / rows
         summary[key] = Path(summary[key]).name if summary.get(key) else None
     if "scarcity" in summary:
