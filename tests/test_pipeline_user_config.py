@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import REPO, tiny_encoder_config, tiny_student_config
+from helpers import REPO, tiny_encoder_config
 from test_pipeline import tiny_pipeline_config
 
 from metakd import pipeline
@@ -32,11 +32,11 @@ def test_the_user_config_runs_on_the_tiny_corpus(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     config = pipeline.load_pipeline_config(path)
     # the built-in budget, with the user's data block under both kinds of cell
-    assert config["methods"] == ["none", "meta"] and config["budgets"] == ["A"]
-    assert config["teacher"]["trainer"]["max_steps"] == 300
+    assert config["methods"] == ["textcnn_none", "textcnn_none_transfer", "textcnn_metakd"]
+    assert config["teacher"]["trainer"]["max_steps"] == 150
     assert config["student"]["data"]["init_args"]["train_file"] == f"{tmp_path}/train.jsonl"
-    assert config["student"]["data"]["init_args"]["batch_size"] == 16
-    # tiny models and a few steps instead of MiniLM
+    assert config["student"]["data"]["init_args"]["batch_size"] == 32
+    # a tiny teacher and a few steps instead of MiniLM (the TextCNN students are small already)
     config = pipeline.deep_merge(
         config,
         {
@@ -51,15 +51,15 @@ def test_the_user_config_runs_on_the_tiny_corpus(tmp_path: Path) -> None:
                 "data": {"init_args": {"max_length": 16, "cache_dir": str(tmp_path / "cache")}},
             },
             "student": {
-                "trainer": {"max_epochs": 2, "accelerator": "cpu", "logger": False},
-                "model": {"init_args": {"student_config": tiny_student_config(), "student_layers": None}},
+                "trainer": {"max_steps": 4, "val_check_interval": 2, "accelerator": "cpu", "logger": False},
                 "data": {"init_args": {"max_length": 16, "cache_dir": str(tmp_path / "cache")}},
             },
         },
     )
     counts = pipeline.run_all(config, in_process=True)
-    assert counts == {"done": 5, "skipped": 0, "failed": 0, "blocked": 0}
+    assert counts == {"done": 7, "skipped": 0, "failed": 0, "blocked": 0}
     json_path, _ = pipeline.write_results(config)
     summary = json.loads(json_path.read_text())
-    assert set(summary["main"]) == {"teacher_meta", "student_none", "student_meta@A"}
+    rows = {"student_textcnn_none", "student_textcnn_none_transfer", "student_textcnn_metakd"}
+    assert set(summary["main"]) == {"teacher_meta"} | rows
     assert all(row["average"]["mean"] is not None for row in summary["main"].values())

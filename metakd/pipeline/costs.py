@@ -187,7 +187,12 @@ class CostModel:
     """Fits per family over finished cells' results and estimates any cell's CPU seconds."""
 
     def __init__(self, results: Iterable[dict[str, Any]], corpus_domains: int) -> None:
-        results = [r for r in results if r.get("cpu_seconds") is not None and r.get("config")]
+        # a resumed cell measured only its last call's CPU time (`cpu_incomplete`): no evidence of its cost
+        results = [
+            r
+            for r in results
+            if r.get("cpu_seconds") is not None and r.get("config") and not r.get("cpu_incomplete")
+        ]
         self.corpus_domains = corpus_domains
         self.sizes = DataSizes()
         for result in results:

@@ -135,7 +135,7 @@ def _run_in_store(
             return "failed", time.monotonic() - start, failed
     seconds = time.monotonic() - start
     payload["seconds"] = round(seconds, 1)
-    # user + system CPU time of the fit and tests (this run's part, when the fit was resumed)
+    # user + system CPU time of the fit and tests (this call's part only when `cpu_incomplete`: resumed)
     payload["cpu_seconds"] = round(_cpu_seconds(in_process) - cpu_start, 1)
     payload["environment"] = cellstore.package_versions()
     payload["config"] = cellstore.identity(full, store_dir(config))
@@ -163,10 +163,13 @@ def _fit_and_test(
     """Fit (resuming from ``last.ckpt``), then test the best checkpoint on every test set; fills
     ``payload`` (metrics per test set, predictions, dev curve). Returns "" or why it failed."""
     fit_marker = directory / "fit.done"
-    if not fit_marker.is_file():
+    if fit_marker.is_file():  # fitted by an earlier call: its CPU time is not in this one's measurement
+        payload["cpu_incomplete"] = True
+    else:
         args = ["fit", "--config", str(config_path)]
         if (directory / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", "last"]  # an interrupted fit continues
+            payload["cpu_incomplete"] = True
         if run_cli(args, directory / "fit.log", in_process, timeout, label=label) != 0:
             return f"fit failed, see {directory / 'fit.log'}"
         fit_marker.write_text("ok\n", encoding="utf-8")
