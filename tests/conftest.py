@@ -10,6 +10,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`make test`: two workers, the Makefile's PYTEST_ARGS) every worker computes on one
+# thread, and so do the subprocesses it starts: two workers of two threads each on two cores would fight
+# over them. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 import pytest  # noqa: E402
 
@@ -46,3 +52,17 @@ def tiny_teacher_ckpt(tmp_path_factory):
     from helpers import train_tiny_teacher
 
     return train_tiny_teacher(str(tmp_path_factory.mktemp("tiny_teacher") / "teacher.ckpt"))
+
+
+@pytest.fixture
+def one_ray_at_a_time(tmp_path_factory):
+    """Held by each test that starts a local Ray instance: under pytest-xdist (``make test``) two workers
+    never start one side by side (each takes seconds of both cores and GBs of memory)."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' basetemps share it
+    with open(root / "ray.lock", "w", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -268,6 +268,38 @@ def run_metakd(*args: Any, **kwargs: Any):
     return run_python("-m", "metakd", *args, **kwargs)
 
 
+def run_metakd_batch(cases: dict[str, dict[str, Any]], out_dir: Any, cwd: Any = None, timeout: int = 600):
+    """Run several ``python -m metakd`` command lines in one subprocess (tests/metakd_batch.py: the same
+    code path, one interpreter start-up). ``cases`` maps a name to ``{"argv": [...], "env"?: {...},
+    "watch"?: path}``; returns per name a ``CompletedProcess`` (exit status, stdout, stderr) and whether
+    ``watch`` existed after the case (``{name: (result, watched)}``)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listing = [{"name": name, **case} for name, case in cases.items()]
+    for case in listing:
+        case["argv"] = [str(word) for word in case["argv"]]
+        case["watch"] = str(case["watch"]) if case.get("watch") else None
+    (out_dir / "cases.json").write_text(json.dumps(listing), encoding="utf-8")
+    run_python(REPO / "tests" / "metakd_batch.py", out_dir / "cases.json", out_dir, cwd=cwd, timeout=timeout)
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    return {
+        name: (
+            subprocess.CompletedProcess(
+                ["python", "-m", "metakd", *cases[name]["argv"]],
+                results[name]["returncode"],
+                (out_dir / f"{name}.out").read_text(encoding="utf-8", errors="replace"),
+                (out_dir / f"{name}.err").read_text(encoding="utf-8", errors="replace"),
+            ),
+            results[name]["watched"],
+        )
+        for name in cases
+    }
+
+
 # --- tiny text corpora and CLI error output (shared by the CLI, fault and reliability tests) ------
 
 SENTIMENT_WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "boring"]}

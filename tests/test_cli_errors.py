@@ -6,15 +6,20 @@ exception keeps its traceback and exits 1.
 
 One case per row (one file of the "empty, missing or unknown-extension file" row, the command-line form
 of an unknown key: the config-file form takes the same path, tests/test_config_faults.py runs it
-in-process). Rows checked as subprocesses elsewhere: a truncated ``--ckpt_path``
-(tests/test_reliability.py), ``test --ckpt_path best`` without a fit and a model/data ``target_domain``
-clash (tests/test_cli.py).
+in-process). One case of each family (data files, data options, option values, checkpoints, export,
+pipeline) runs as its own ``python -m metakd`` subprocess; the others run the same ``python -m metakd``
+code path one after another in a single subprocess (tests/metakd_batch.py), which saves an interpreter
+start-up and the imports of torch and Lightning per case.
+
+Rows checked as subprocesses elsewhere: a truncated ``--ckpt_path`` (tests/test_reliability.py),
+``test --ckpt_path best`` without a fit and a model/data ``target_domain`` clash (tests/test_cli.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +27,8 @@ from pathlib import Path
 import pytest
 from helpers import (
     REPO,
-    ToyMultiDomainDataModule,
     run_metakd,
+    run_metakd_batch,
     run_python,
     stderr_lines,
     tiny_corpus_records,
@@ -36,8 +41,9 @@ from helpers import (
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny corpus and MetaTeacher config, broken data files, and three tiny teacher checkpoints."""
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_teacher_ckpt: str) -> Path:
+    """A tiny corpus and MetaTeacher config, broken data files, and three tiny teacher checkpoints (the one
+    of other labels is the session's ``tiny_teacher_ckpt``: the toy datamodule's labels)."""
     from datamodules import JsonlDataModule
 
     w = write_tiny_fit_setup(tmp_path_factory.mktemp("cli_errors"))
@@ -62,7 +68,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_tiny_teacher(str(w / "teacher.ckpt"), data(corpus))
     other = write_tiny_corpus(w / "toys_games.jsonl", domains=("toys", "games"))
     train_tiny_teacher(str(w / "toys_teacher.ckpt"), data(other))
-    train_tiny_teacher(str(w / "toy_labels_teacher.ckpt"), ToyMultiDomainDataModule(backbone="minilm-l6"))
+    shutil.copyfile(tiny_teacher_ckpt, w / "toy_labels_teacher.ckpt")
     return w
 
 
@@ -100,6 +106,7 @@ class Case:
     where: str | None = None
     regex: bool = False
     where_optional: bool = False  # the where line may be absent (the message may come to name the key)
+    subprocess: bool = False  # its own `python -m metakd` (one case per family), else in the batch
 
     def matches(self, line: str, w: Path) -> bool:
         if self.regex:
@@ -115,6 +122,7 @@ CASES = [
         data_file("malformed.jsonl"),
         r"\{w\}/malformed\.jsonl:3: malformed JSON line \(.+\)",
         regex=True,
+        subprocess=True,
     ),
     Case(
         "json_line_not_an_object",
@@ -157,6 +165,7 @@ CASES = [
         lambda w: fit(w, "--data.init_args.target_domain", "toys"),
         "jsonl: unknown target_domain 'toys'; known domains: ['books', 'dvd']",
         where="config key: data.init_args.target_domain (datamodules.JsonlDataModule)",
+        subprocess=True,
     ),
     Case(
         "unknown_domain_in_domains",
@@ -212,6 +221,7 @@ CASES = [
         "unknown command 'fitt'; did you mean 'fit'?",
         where="usage: python -m metakd {fit,validate,test,predict,export,sweep,pipeline,classify,search,"
         "robustness} ... (a command's --help lists its options)",
+        subprocess=True,
     ),
     # --- student and teacher checkpoints
     Case(
@@ -220,6 +230,7 @@ CASES = [
         "teacher checkpoint not found: '{w}/no_such_teacher.ckpt' (model.teacher_ckpt must name a "
         "MetaTeacher .ckpt written by `python -m metakd fit` with a MetaTeacher config, or a HuggingFace "
         "sequence-classification model directory)",
+        subprocess=True,
     ),
     Case(
         "truncated_teacher_ckpt",
@@ -278,6 +289,7 @@ CASES = [
         "export_out_not_empty",
         lambda w: ["export", "--ckpt", str(w / "teacher.ckpt"), "--out", str(w / "served")],
         "{w}/served exists and is not empty; pass --overwrite to replace it (nothing was written)",
+        subprocess=True,
     ),
     # --- pipeline
     Case(
@@ -285,13 +297,31 @@ CASES = [
         lambda w: ["pipeline", "--config", str(w / "no_such_pipeline.yaml")],
         r"cannot read the pipeline config \{w\}/no_such_pipeline.yaml: .*No such file or directory.*",
         regex=True,
+        subprocess=True,
     ),
 ]
 
 
+@pytest.fixture(scope="module")
+def batch(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The cases that do not run as their own subprocess, and ``METAKD_TRACEBACK=1``, in one subprocess:
+    ``{name: (result, whether run/checkpoints existed after it)}``."""
+    watch = workdir / "run" / "checkpoints"
+    cases = {case.name: {"argv": case.argv(workdir), "watch": watch} for case in CASES if not case.subprocess}
+    cases["traceback_environment_variable"] = {
+        "argv": fit(workdir, "--model.init_args.weighting", "protoype"),
+        "env": {"METAKD_TRACEBACK": "1"},
+    }
+    return run_metakd_batch(cases, tmp_path_factory.mktemp("cli_errors_batch"), cwd=workdir)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_cli_prints_one_clear_error_line(workdir: Path, case: Case) -> None:
-    result = run_metakd(*case.argv(workdir), cwd=workdir, check=False, timeout=180)
+def test_cli_prints_one_clear_error_line(workdir: Path, batch: dict, case: Case) -> None:
+    if case.subprocess:
+        result = run_metakd(*case.argv(workdir), cwd=workdir, check=False, timeout=180)
+        trained = (workdir / "run" / "checkpoints").exists()
+    else:
+        result, trained = batch[case.name]
     lines = stderr_lines(result)
     assert result.returncode == 2, result.stderr[-3000:]
     assert lines, "nothing on stderr"
@@ -302,18 +332,17 @@ def test_cli_prints_one_clear_error_line(workdir: Path, case: Case) -> None:
     else:
         assert before == case.where
     assert "Traceback" not in result.stderr
-    assert not (workdir / "run" / "checkpoints").exists()  # nothing was trained
+    assert not trained  # nothing was trained
 
 
-def test_traceback_flag_and_environment_variable_show_the_traceback(workdir: Path) -> None:
+def test_traceback_flag_and_environment_variable_show_the_traceback(workdir: Path, batch: dict) -> None:
     result = run_metakd(*fit(workdir, "--data.init_args.target_domain", "toys", "--traceback"), cwd=workdir,
                         check=False)  # fmt: skip
     lines = stderr_lines(result)
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr and "datamodules/base.py" in result.stderr
     assert lines[-1] == "error: jsonl: unknown target_domain 'toys'; known domains: ['books', 'dvd']"
-    result = run_metakd(*fit(workdir, "--model.init_args.weighting", "protoype"), cwd=workdir, check=False,
-                        extra_env={"METAKD_TRACEBACK": "1"})  # fmt: skip
+    result, _ = batch["traceback_environment_variable"]  # fit --model.init_args.weighting protoype
     assert result.returncode == 2 and "Traceback (most recent call last)" in result.stderr
     assert stderr_lines(result)[-1].startswith("error: model.init_args.weighting: 'protoype' is not one of")
 

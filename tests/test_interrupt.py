@@ -6,11 +6,14 @@ The pipeline runs are the real ``python -m metakd pipeline --quick`` on the tiny
 tests/test_pipeline.py, restricted to two cells (the meta-teacher, then the Meta-KD student on books).
 The teacher trains 3 epochs of 2 batches; from its second epoch on, ``helpers.SlowAfterFirstEpoch``
 sleeps before each batch (no CPU, no number changed), so a signal sent once the first epoch's
-``last.ckpt`` exists reaches the fit mid-way, every time.
+``last.ckpt`` exists reaches the fit mid-way, every time. The runs that are not stopped (the reference
+and the SIGTERM test's second call) run the same command in this test's process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -18,14 +21,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import REPO, SlowAfterFirstEpoch, metakd_env, run_metakd, tiny_trainer
 from test_pipeline import tiny_pipeline_config
 
 from metakd import interrupt
+from metakd.cli import main as cli_main
 from metakd.interrupt import Interrupted, run_child, run_stoppable
 
 # one intra-op thread everywhere: the resumed run is compared with the reference number for number
@@ -137,12 +143,36 @@ def flat(value, key: str = "") -> dict:
     return {key: value}
 
 
+@contextlib.contextmanager
+def like_the_subprocesses() -> Iterator[None]:
+    """This process as the pipeline subprocesses run (ENV): one intra-op thread, ``helpers`` importable by
+    the cells' subprocesses; the stop handlers that a command installs are put back afterwards."""
+    threads = torch.get_num_threads()
+    saved_env = {name: os.environ.get(name) for name in ENV}
+    saved_handlers = {signum: signal.getsignal(signum) for signum in interrupt.STOP_SIGNALS}
+    torch.set_num_threads(1)
+    os.environ.update(ENV)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
-    """The same pipeline, never interrupted (in one process: the cells' numbers do not depend on it)."""
+    """The same pipeline, never interrupted (in one process, this one: the cells' numbers depend on
+    neither)."""
     directory = tmp_path_factory.mktemp("uninterrupted")
     config = interrupt_config(directory)
-    run_metakd("pipeline", "--config", config, *ARGS, "--in-process", timeout=600, extra_env=ENV)
+    with like_the_subprocesses(), contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(["pipeline", "--config", str(config), *ARGS, "--in-process"]) == 0
     return numbers(directory)
 
 
@@ -165,12 +195,21 @@ def check_stopped_in_the_teacher(directory: Path, config: Path, signum: int, ext
     assert "failed" not in stdout
 
 
-def check_resumes_to_the_uninterrupted_numbers(directory: Path, config: Path, extra: list[str], reference):
+def check_resumes_to_the_uninterrupted_numbers(
+    directory: Path, config: Path, extra: list[str], reference, capsys=None
+):
     """The same command again: the teacher's fit resumes from its last.ckpt, the student runs, and every
-    number equals the uninterrupted run's."""
-    result = run_metakd("pipeline", "--config", config, *ARGS, *extra, timeout=600, extra_env=ENV)
-    progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert [line.split()[3:5] for line in progress] == [[TEACHER, "done"], [STUDENT, "done"]], result.stdout
+    number equals the uninterrupted run's. With ``capsys``, the command runs in this process (its cells
+    are subprocesses, which write the fit.log checked here), else as a subprocess."""
+    if capsys is None:
+        stdout = run_metakd("pipeline", "--config", config, *ARGS, *extra, timeout=600, extra_env=ENV).stdout
+    else:
+        capsys.readouterr()
+        with like_the_subprocesses():
+            assert cli_main(["pipeline", "--config", str(config), *ARGS, *extra]) == 0
+        stdout = capsys.readouterr().out
+    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert [line.split()[3:5] for line in progress] == [[TEACHER, "done"], [STUDENT, "done"]], stdout
     last = cell(directory, TEACHER) / "checkpoints" / "last.ckpt"
     assert (
         f"Restoring states from the checkpoint path at {last}"
@@ -181,9 +220,10 @@ def check_resumes_to_the_uninterrupted_numbers(directory: Path, config: Path, ex
     assert flat(resumed["cells"]) == pytest.approx(flat(reference["cells"]), rel=1e-6, abs=1e-7)
 
 
-def test_sigterm_stops_subprocess_cells_and_the_same_command_resumes(tmp_path, uninterrupted):
+def test_sigterm_stops_subprocess_cells_and_the_same_command_resumes(tmp_path, uninterrupted, capsys):
     """SIGTERM (a scheduler, sent to the pipeline process only) reaches the cell's `fit` subprocess too: it
-    stops with its own line in fit.log (keeping last.ckpt), and the pipeline exits 143."""
+    stops with its own line in fit.log (keeping last.ckpt), and the pipeline exits 143. The same command
+    again runs in this process (its cells, the fits that resume, are subprocesses still)."""
     config = interrupt_config(tmp_path)
     process = start_pipeline(config)
     wait_for(cell(tmp_path, TEACHER) / "checkpoints" / "last.ckpt", process)
@@ -197,7 +237,7 @@ def test_sigterm_stops_subprocess_cells_and_the_same_command_resumes(tmp_path, u
     assert fit_log[-1].endswith(
         f"{last} is kept; to resume from it, run the same command with --ckpt_path last"
     )
-    check_resumes_to_the_uninterrupted_numbers(tmp_path, config, [], uninterrupted)
+    check_resumes_to_the_uninterrupted_numbers(tmp_path, config, [], uninterrupted, capsys)
 
 
 def test_ctrl_c_stops_in_process_cells_and_the_same_command_resumes(tmp_path, uninterrupted):
@@ -234,6 +274,7 @@ def test_a_second_ctrl_c_exits_at_once_and_kills_the_cell(tmp_path):
     assert (cell(tmp_path, TEACHER) / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_ray_cells_stop_and_ray_shuts_down(tmp_path):
     """With --workers 2 the cells run as Ray tasks: SIGTERM cancels the running task (the cell stops in
     its worker and keeps last.ckpt), starts nothing else and shuts Ray down within seconds."""

@@ -403,6 +403,7 @@ def test_shipped_pipeline_configs_resolve_in_the_cli(
             assert printed["trainer"]["max_epochs"] == config["student"]["trainer"]["max_epochs"]
 
 
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_ray_workers_give_the_sequential_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A local Ray instance with 2 workers runs the cells (students after their teacher) with the same
     results as the sequential run; a failing cell is run twice, then recorded, and the rest go on."""
