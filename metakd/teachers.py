@@ -346,56 +346,31 @@ class FrozenTeacher:
             self.cache.write_logits(path)
             self._cache_dirty = False
 
-    @torch.no_grad()
     def prefill_logits(self, dataloader: Any, device: torch.device) -> None:
-        """Run the teacher once over the examples the logits cache lacks: every later step reads its
-        logits, also under DDP, where each rank's shuffled shards would otherwise keep missing the cache.
-        With a ``cache_dir``, logits are also looked up and kept by input (:class:`LogitsByInput`), so an
-        example that another data set of this teacher already had (a review in the transfer sets of several
-        target domains) is not labelled again. A tqdm bar shows the progress (thousands of transfer-set
-        examples take minutes on a CPU)."""
+        """Run the teacher once over the examples the logits cache lacks (:func:`.teacher_labelling.prefill`):
+        every later step reads its logits, also under DDP, where each rank's shuffled shards would otherwise
+        keep missing the cache. With a ``cache_dir``, logits are also looked up and kept by input
+        (:class:`LogitsByInput`), so an example that another data set of this teacher already had is not
+        labelled again."""
         if self.cache is None:
             return
+        from metakd.teacher_labelling import prefill
+
         by_input = None
         if self._cache_dir is not None:
             by_input = LogitsByInput(self._cache_dir / f"teacher-input-logits-{self.fingerprint()[:32]}.pt")
-        bar = None  # a progress bar from the first batch the cache lacks (none when all is cached)
-        for index, batch in enumerate(dataloader):
-            if bool(self.cache.filled[batch["example_ids"]].all()):
-                continue
-            if bar is None:
-                from metakd.progress import loop_bar
 
-                bar = loop_bar(len(dataloader), "Teacher labels")
-                bar.update(index)
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            if by_input is None:
-                self._forward_and_store(batch, TeacherRequest())
-            else:
-                self._label_by_input(batch, by_input)
-            bar.update(1)
-        if bar is not None:
-            bar.close()
+        def domains(batch: Mapping[str, Tensor]) -> Tensor | None:
+            return (
+                self.domain_map.to(batch["domain_ids"].device)[batch["domain_ids"]]
+                if self.uses_domains
+                else None
+            )
+
+        label = lambda batch: self._forward_and_store(batch, TeacherRequest()).logits  # noqa: E731
+        prefill(self.cache, dataloader, device, label, by_input, domains)
         if by_input is not None:
-            by_input.save()
             self._cache_dirty = True
-
-    def _label_by_input(self, batch: dict[str, Any], by_input: LogitsByInput) -> None:
-        """Fill a batch's logits from ``by_input``, running the teacher on the rows it lacks only."""
-        domain_ids = (
-            self.domain_map.to(batch["domain_ids"].device)[batch["domain_ids"]] if self.uses_domains else None
-        )
-        keys = by_input.keys(batch, domain_ids)
-        known = [row for row, key in enumerate(keys) if by_input.get(key) is not None]
-        if known:
-            logits = torch.stack([by_input.get(keys[row]) for row in known])
-            self.cache.store_logits(batch["example_ids"][known], logits)
-        missing = [row for row in range(len(keys)) if by_input.get(keys[row]) is None]
-        if missing:
-            rows = torch.tensor(missing, device=batch["input_ids"].device)
-            sub = {k: v[rows] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in batch.items()}
-            result = self._forward_and_store(sub, TeacherRequest())
-            by_input.put([keys[row] for row in missing], result.logits)
 
     # ------------------------------------------------------------------ transferability
     def transferability(self, datamodule: Any) -> Tensor:

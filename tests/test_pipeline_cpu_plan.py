@@ -250,6 +250,24 @@ def test_progress_eta_is_cpu_left_over_cores(tmp_path: Path) -> None:
     assert stream.getvalue().endswith("| ETA 2m00s (4.0 CPU-min left)\n")  # 240 s on 2 workers x 1 CPU
 
 
+def test_progress_eta_learns_from_the_cells_that_finished(tmp_path: Path) -> None:
+    """A finished cell measured at a quarter of its estimate: the rest of its row (and, without cells of their
+    own row finished, the other cells of its kind) are estimated at a quarter too."""
+    config = pipeline.load_pipeline_config(plan_config(tmp_path, methods=["none", "meta"], cell_cpus=1))
+    cells = {c.name: c for c in pipeline.plan_cells(config)}
+    jobs = [(1, cells[n]) for n in ("student/none/books", "student/none/dvd", "student/meta_budgetA/books")]
+    estimates = {(1, c.name): 400.0 for _, c in jobs}
+    write_result(config, 1, "student/none/books", 100.0)  # a quarter of its estimate; 50 s of wall below
+    stream = io.StringIO()
+    progress = Progress(config, jobs, stream, parallel=1, estimates=estimates)
+    progress.report(1, cells["student/none/books"], "done", 50.0, "")
+    assert progress.correction(cells["student/none/dvd"]) == pytest.approx(0.25)  # its row
+    assert progress.correction(cells["student/meta_budgetA/books"]) == pytest.approx(0.25)  # its kind
+    assert progress.correction(cells["teacher/meta"]) == 1.0  # nothing of its kind finished
+    # 2 x 400 x 0.25 = 200 CPU-s left, at 100 CPU-s per 50 s of wall: 100 s
+    assert stream.getvalue().endswith("| ETA 1m40s (3.3 CPU-min left)\n")
+
+
 def test_the_dev_curve_records_the_training_set_size(tmp_path: Path) -> None:
     dm = ToyMultiDomainDataModule(train_per_domain=5)
     path = tmp_path / "dev_curve.json"

@@ -6,6 +6,11 @@ The run's ETA is the estimated CPU seconds of the cells still to run (the CPU pl
 has finished (times the cells run at once), before the first one the machine's cores (one cell at a time) or
 ``workers x cell_cpus`` (on Ray).
 
+The estimates learn as the run goes: once a cell finishes, the cells still to run of its row (a student row
+across domains; a teacher row across seeds) are estimated at the measured / estimated ratio of that row's
+finished cells, and the other cells of its kind at that of the kind's (a fresh machine's first run starts from
+built-in rates that may be far off for a small student).
+
 The progress of each model inside its cell (steps done of total, rate) is its command's own progress bar
 (see :mod:`.invoke`).
 """
@@ -36,6 +41,9 @@ class Progress:
         self.config, self.jobs, self.stream, self.parallel = config, jobs, stream, max(1, parallel)
         self.estimates = estimates or {}  # estimated CPU seconds of each job still to run
         self.counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+        self.ratios: dict[
+            str, list[float]
+        ] = {}  # measured / estimated CPU of finished cells, by row and kind
         self.cpu_and_wall = [0.0, 0.0]  # of the cells this run finished
         self.finished: set[tuple[int, str]] = set()
         self.interrupted: list[tuple[int, Cell]] = []
@@ -63,9 +71,13 @@ class Progress:
             if result.get("cpu_seconds") is not None and seconds > 0:
                 self.cpu_and_wall[0] += float(result["cpu_seconds"])
                 self.cpu_and_wall[1] += seconds
+                estimate = self.estimates.get((seed, cell.name))
+                if estimate and not result.get("cpu_incomplete"):
+                    for group in (_row(cell), cell.kind):
+                        self.ratios.setdefault(group, []).append(float(result["cpu_seconds"]) / estimate)
         self.finished.add((seed, cell.name))
         left = sum(
-            self.estimates.get((s, c.name), 0.0)
+            self.estimates.get((s, c.name), 0.0) * self.correction(c)
             for s, c in self.jobs
             if (s, c.name) not in self.finished and read_result(self.config, s, c.name) is None
         )
@@ -77,6 +89,12 @@ class Progress:
         if message:
             line += f" | {message}"
         print(line, file=self.stream, flush=True)
+
+    def correction(self, cell: Cell) -> float:
+        """The factor on a cell's estimate: the mean measured / estimated ratio of its row's finished cells,
+        else of its kind's, else 1."""
+        ratios = self.ratios.get(_row(cell)) or self.ratios.get(cell.kind)
+        return sum(ratios) / len(ratios) if ratios else 1.0
 
     def cores(self) -> float:
         """The cores the run keeps busy (see the module docstring)."""
@@ -101,6 +119,11 @@ class Progress:
         parts.append(f"{len(self.jobs) - len(self.finished)} not started")
         stop.detail = ", ".join(parts)
         return stop
+
+
+def _row(cell: Cell) -> str:
+    """A cell's row: its name without the domain (students), its name (teachers: one cell a seed)."""
+    return cell.name.rsplit("/", 1)[0] if cell.kind == "student" else cell.name
 
 
 def resume_note(config: dict[str, Any], seed: int, cell: Cell) -> str:

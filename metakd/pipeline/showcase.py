@@ -13,7 +13,8 @@ Timings are measured once and kept in ``<results_dir>/<name>_showcase.json`` wit
 measured on, so a second call prints the same report; a call without the cells' checkpoints (another
 machine) keeps that file and says so. Settings (all optional): ``domain`` (first of ``domains``), ``batch``
 (32), ``repeats`` (10), ``text`` (a raw text for the prediction), ``export`` (the folder; default
-``<results_dir>/<name>_best_student``).
+``<results_dir>/<name>_best_student``), ``teacher`` (the teacher row compared with, e.g. ``teacher_meta``;
+default the first teacher row).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from metakd.pipeline.invoke import run_cli
 from metakd.pipeline.store import best_checkpoint, cell_key
 from metakd.utils import write_json
 
-SETTINGS = ("domain", "batch", "repeats", "text", "export")
+SETTINGS = ("domain", "batch", "repeats", "text", "export", "teacher")
 
 
 def showcase_settings(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,6 +39,7 @@ def showcase_settings(config: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(block, dict) or set(block) - set(SETTINGS):
         raise PipelineError(f"`showcase` takes the keys {list(SETTINGS)}, got {block!r}")
     settings = {"domain": config["domains"][0], "batch": 32, "repeats": 10, "text": None, "export": None}
+    settings["teacher"] = None
     settings.update(block)
     if settings["domain"] not in config["domains"]:
         raise PipelineError(
@@ -61,6 +63,9 @@ def showcase(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] 
         key: row for key, row in summary["main"].items() if row.get("average", {}).get("mean") is not None
     }
     teachers = [key for key, row in rows.items() if row["kind"] == "teacher"]
+    if settings["teacher"] in teachers:  # the teacher row to compare with (default: the first one)
+        teachers.remove(settings["teacher"])
+        teachers.insert(0, settings["teacher"])
     students = [key for key, row in rows.items() if row["kind"] == "student"]
     if not teachers or not students:
         return None
