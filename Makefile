@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := WANDB_MODE=$${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-PYTEST_ARGS ?= -q
+PYTEST_ARGS ?= -q -n 2   # two pytest-xdist workers of one thread each (tests/conftest.py); -q alone: one process
 
 .PHONY: setup test run demo lint
 

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist (`make test PYTEST_ARGS='-q -n 2'`, if installed) every worker computes on one
+# Under pytest-xdist (`make test`: two workers, the Makefile's PYTEST_ARGS) every worker computes on one
 # thread, and so do the subprocesses it starts: two workers of two threads each on two cores would fight
 # over them. Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -56,7 +56,7 @@ def tiny_teacher_ckpt(tmp_path_factory):
 
 @pytest.fixture
 def one_ray_at_a_time(tmp_path_factory):
-    """Held by each test that starts a local Ray instance: under pytest-xdist (``-n 2``) two workers
+    """Held by each test that starts a local Ray instance: under pytest-xdist (``make test``) two workers
     never start one side by side (each takes seconds of both cores and GBs of memory)."""
     import fcntl
 

@@ -286,6 +286,10 @@ def test_the_transfer_set_study_config_plans_its_rows_on_the_benchmarks_teachers
         assert cell["model"]["init_args"]["teacher_ckpt"] == str(
             pipeline.best_checkpoint(config, 1, f"teacher/{teacher}")
         )
+    # the slice that was run (tiny_slice.yaml) reads the same cells
+    ran = pipeline.load_pipeline_config(configs / "tiny_slice.yaml")
+    for name in ("student/textcnn_pc128_none/books", "student/textcnn_pc128_metakd_mse_transfer/kitchen"):
+        assert pipeline.cell_key(ran, 2, name) == pipeline.cell_key(config, 2, name)
     cell = pipeline.cell_config(config, 1, cells["student/textcnn_pc128_metakd_mse_transfer/dvd"])
     meta = str(pipeline.best_checkpoint(config, 1, "teacher/meta"))
     assert cell["model"]["init_args"]["teacher_ckpt"] == meta  # the transfer set reads the student's teacher
