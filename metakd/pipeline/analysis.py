@@ -77,13 +77,12 @@ def compare(
 
 
 def reference_rows(config: dict[str, Any], rows: list[Any]) -> dict[str | None, Any]:
-    """The Meta-KD row (``compare_to``) of each budget's main table."""
+    """The Meta-KD row (``compare_to``) of each budget's main table: ``compare_to`` names a row (a method
+    or a ``variants`` entry); a method that several variants use names the last of them."""
     method = config.get("compare_to", "meta")
-    return {
-        row.budget: row
-        for row in rows
-        if row.study == "main" and row.kind == "student" and row.method == method
-    }
+    students = [row for row in rows if row.study == "main" and row.kind == "student"]
+    named = [row for row in students if row.key.split("@")[0] == f"student_{method}"]
+    return {row.budget: row for row in named or [row for row in students if row.method == method]}
 
 
 def comparisons(
