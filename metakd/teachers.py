@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from metakd.errors import StudentConfigError
 from metakd.teacher_cache import CacheMode, LogitsByInput, TeacherOutputCache
+from metakd.teacher_labelling import prefill
 from metakd.teacher_sources import (
     TeacherSource,
     freeze,
@@ -280,15 +281,21 @@ class FrozenTeacher:
             self._cache_dirty = True
         return result
 
+    def teacher_domain_ids(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The batch's domain ids as the teacher numbers its domains (-1: unknown to it); None when the
+        teacher reads no domain."""
+        if not self.uses_domains:
+            return None
+        return self.domain_map.to(batch["domain_ids"].device)[batch["domain_ids"]]
+
     @torch.no_grad()
     def forward(self, batch: Mapping[str, Tensor], request: TeacherRequest) -> TeacherOutputs:
         """One forward pass of the frozen teacher (features trimmed to the requested layers)."""
         need_features = not request.logits_only
         attention = "attention" in request.features
         self.forward_calls += 1
-        domain_ids = None
-        if self.uses_domains:
-            domain_ids = self.domain_map.to(batch["domain_ids"].device)[batch["domain_ids"]]
+        domain_ids = self.teacher_domain_ids(batch)
+        if domain_ids is not None:
             if bool((domain_ids < 0).any()):
                 unknown = sorted({self.domain_names[i] for i in batch["domain_ids"][domain_ids < 0].tolist()})
                 raise StudentConfigError(
@@ -354,21 +361,11 @@ class FrozenTeacher:
         labelled again."""
         if self.cache is None:
             return
-        from metakd.teacher_labelling import prefill
-
         by_input = None
         if self._cache_dir is not None:
             by_input = LogitsByInput(self._cache_dir / f"teacher-input-logits-{self.fingerprint()[:32]}.pt")
-
-        def domains(batch: Mapping[str, Tensor]) -> Tensor | None:
-            return (
-                self.domain_map.to(batch["domain_ids"].device)[batch["domain_ids"]]
-                if self.uses_domains
-                else None
-            )
-
         label = lambda batch: self._forward_and_store(batch, TeacherRequest()).logits  # noqa: E731
-        prefill(self.cache, dataloader, device, label, by_input, domains)
+        prefill(self.cache, dataloader, device, label, by_input, self.teacher_domain_ids)
         if by_input is not None:
             self._cache_dirty = True
 

@@ -101,9 +101,10 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
         summary["teacher_curves_plot"] = plot_teacher_curves(summary["teacher_curves"], curves_path)
     predictions_path = results_dir / f"{config['name']}_predictions.jsonl.gz"
     primary = report_test_set(config)
+    # every cell's predictions, each result file read once for the plot and the bundle
+    predictions = Predictions(lambda seed, name: cell_predictions(read_result(config, seed, name), primary))
     if summary["showcase"]:  # accuracy with its interval against speed
-        rows_of = lambda seed, name: cell_predictions(read_result(config, seed, name), primary)  # noqa: E731
-        intervals = accuracy_intervals(config, summary, Predictions(rows_of))
+        intervals = accuracy_intervals(config, summary, predictions)
         for key, interval in intervals.items():
             summary["showcase"]["rows"][key]["interval"] = [interval["low"], interval["high"]]
         pareto_path = results_dir / f"{config['name']}_pareto.png"
@@ -111,7 +112,7 @@ def write_results(config: dict[str, Any]) -> tuple[Path, Path]:
     count = bundle_predictions(
         predictions_path,
         [(seed, cell.name) for seed in config["seeds"] for cell in cells],
-        lambda seed, name: cell_predictions(read_result(config, seed, name), primary),
+        predictions.rows,
     )
     summary["predictions_file"] = str(predictions_path) if count else None
     summary["pipeline_config"] = {k: v for k, v in config.items() if k not in ("teacher", "student")}
