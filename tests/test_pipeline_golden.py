@@ -97,3 +97,34 @@ def test_report_only_works_from_the_result_files_alone(tmp_path: Path, capsys) -
         if key == "scarcity":
             again[key]["plot"] = GOLDEN["report"][key]["plot"]
         assert again[key] == GOLDEN["report"][key], key
+
+
+def test_attacks_recorded_in_the_result_files_rebuild_the_robustness_table(tmp_path: Path) -> None:
+    """An attack's summary is copied into the cell's result file (here by the reuse of a report made with
+    the same settings), so ``--report-only`` without the runs folder gives the same robustness table."""
+    config = load(tmp_path)
+    write_fake_results(config)
+    settings = config["robustness"]
+    cells = [cell for cell in pipeline.plan_cells(config) if pipeline.robustness_domains(config, cell)]
+    for seed in config["seeds"]:
+        for cell in cells:
+            paths = [
+                pipeline.robustness_path(config, seed, cell.name, d)
+                for d in pipeline.robustness_domains(config, cell)
+            ]
+            if not all(path.is_file() for path in paths):
+                continue  # a cell that has not finished
+            for path in paths:
+                report = json.loads(path.read_text(encoding="utf-8"))
+                path.write_text(json.dumps({**report, "pipeline_settings": settings}), encoding="utf-8")
+            assert pipeline.run_cell_robustness(config, seed, cell) == ""
+    recorded = pipeline.read_result(config, 1, "student/meta_budgetA/books")["robustness"]["books"]
+    attacked = json.loads(
+        pipeline.robustness_path(config, 1, "student/meta_budgetA/books", "books").read_text()
+    )
+    assert recorded["attack_success_rate"] == attacked["attack_success_rate"]
+    assert recorded["settings"] == settings
+    shutil.rmtree(tmp_path / "runs")
+    assert pipeline.main(["--config", str(tmp_path / "golden.yaml"), "--report-only"]) == 0
+    summary = json.loads((tmp_path / "results" / "golden.json").read_text(encoding="utf-8"))
+    assert normalised(summary, tmp_path)["robustness"] == GOLDEN["report"]["robustness"]

@@ -1,8 +1,11 @@
 """The pipeline's robustness study: the word-substitution attack (``python -m metakd robustness``) of every
 finished main-study cell on each of its domains, with the settings of the config's ``robustness:`` block.
 
-A cell's report is ``robustness_<domain>.json`` in its folder; one made with the same settings is reused. The
-report (:func:`metakd.pipeline.tables.collect_robustness`) summarises them over seeds.
+A cell's report is ``robustness_<domain>.json`` in its folder; one made with the same settings is reused. Its
+summary (clean accuracy, accuracy under attack, attack success rate, examples, split, settings) is copied into
+the cell's result file under ``robustness.<domain>``, so that committed result files rebuild the robustness
+table without the runs folder (``--report-only``). The report
+(:func:`metakd.pipeline.tables.collect_robustness`) summarises them over seeds.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metakd.pipeline import cellstore
 from metakd.pipeline.config import PipelineError
 from metakd.pipeline.invoke import run_cli
 from metakd.pipeline.plan import Cell
-from metakd.pipeline.store import best_checkpoint, cell_dir
+from metakd.pipeline.store import best_checkpoint, cell_dir, cell_key, results_store
 from metakd.utils import write_json
 
 ROBUSTNESS_OPTIONS = {
@@ -23,6 +27,9 @@ ROBUSTNESS_OPTIONS = {
                 "wordnet_dir", "min_similarity", "pos_check", "min_word_similarity")
 }  # fmt: skip
 """Keys of the pipeline's ``robustness:`` block and the ``python -m metakd robustness`` options they set."""
+
+SUMMARY_KEYS = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "examples", "split")
+"""What a cell's result file keeps of each attack report (the per-example details stay in the runs folder)."""
 
 
 def robustness_domains(config: dict[str, Any], cell: Cell) -> list[str]:
@@ -55,6 +62,7 @@ def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_proces
             path.is_file()
             and json.loads(path.read_text(encoding="utf-8")).get("pipeline_settings") == settings
         ):
+            record_robustness(config, seed, cell.name, domain, json.loads(path.read_text(encoding="utf-8")))
             continue
         args = ["robustness", "--ckpt", str(best_checkpoint(config, seed, cell.name)),
                 "--config", str(directory / "cell.yaml"), "--domain", domain, "--out", str(path)]  # fmt: skip
@@ -64,6 +72,29 @@ def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_proces
         log_path = directory / f"robustness_{domain}.log"
         if run_cli(args, log_path, in_process, config.get("cell_timeout_s")) != 0 or not path.is_file():
             return f"robustness failed, see {log_path}"
-        report = json.loads(path.read_text(encoding="utf-8"))
-        write_json(path, {**report, "pipeline_settings": settings})
+        report = {**json.loads(path.read_text(encoding="utf-8")), "pipeline_settings": settings}
+        write_json(path, report)
+        record_robustness(config, seed, cell.name, domain, report)
     return ""
+
+
+def record_robustness(
+    config: dict[str, Any], seed: int, cell: str, domain: str, report: dict[str, Any]
+) -> None:
+    """Copy an attack report's summary and settings into the cell's result file (``robustness.<domain>``);
+    nothing when the cell has no result file or already holds the same summary."""
+    store, key = results_store(config), cell_key(config, seed, cell)
+    result = cellstore.read_result_file(store, key)
+    if result is None:
+        return
+    summary = {name: report[name] for name in SUMMARY_KEYS if name in report}
+    summary["settings"] = report.get("pipeline_settings")
+    if result.get("robustness", {}).get(domain) != summary:
+        result.setdefault("robustness", {})[domain] = summary
+        cellstore.write_result_file(store, key, result)
+
+
+def recorded_robustness(result: dict[str, Any] | None, domain: str, settings: dict[str, Any]) -> dict | None:
+    """The attack summary a result file holds for ``domain``, if it was made with ``settings``."""
+    summary = (result or {}).get("robustness", {}).get(domain)
+    return summary if summary and summary.get("settings") == settings else None

@@ -25,7 +25,7 @@ from metakd.pipeline.config import (
     zero_shot_settings,
 )
 from metakd.pipeline.plan import Cell, main_cell_name, plan_cells, student_cell_name, zero_shot_cell_name
-from metakd.pipeline.robustness import robustness_path
+from metakd.pipeline.robustness import recorded_robustness, robustness_path
 from metakd.pipeline.store import cell_predictions, read_result
 from metakd.stats import mean_std
 
@@ -216,7 +216,8 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
 
 def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
     """Per main-table row and domain: clean accuracy, accuracy under attack and attack success rate of the
-    attacked examples (``robustness_<domain>.json`` of each cell), summarised over seeds."""
+    attacked examples (``robustness_<domain>.json`` of each cell, else the summary its result file keeps),
+    summarised over seeds."""
     metrics = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")
     table: dict[str, Any] = {}
     for row in rows:
@@ -225,8 +226,12 @@ def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any
             values: dict[str, list[float]] = {metric: [] for metric in metrics}
             for seed in config["seeds"]:
                 path = robustness_path(config, seed, cell, domain)
-                if path.is_file():
-                    attacked = json.loads(path.read_text(encoding="utf-8"))
+                attacked = (
+                    json.loads(path.read_text(encoding="utf-8"))
+                    if path.is_file()
+                    else recorded_robustness(read_result(config, seed, cell), domain, config["robustness"])
+                )
+                if attacked:
                     for metric in metrics:
                         values[metric].append(attacked[metric])
             entry[domain] = {metric: summarise(v) for metric, v in values.items()}
