@@ -257,9 +257,10 @@ class MultiDomainDataModule(LightningDataModule):
 
     def loaded_records(self, split: str) -> list[Record]:
         """The records of ``split`` this datamodule loads (after ``target_domain`` and ``train_fraction``,
-        without augmented examples), each with its ``example_id``: for a model trained outside Lightning
-        on the same examples (e.g. ``benchmarks/model2vec_peer.py``)."""
-        raw = self.raw_splits()[split]
+        without augmented examples; ``test``: of the set ``test_set`` names), each with its ``example_id``
+        (as in the test predictions): for a model trained outside Lightning on the same examples (e.g.
+        ``benchmarks/model2vec_peer.py``)."""
+        raw = self.split_records(split)
         return [{**raw[i], "example_id": i} for i in self._selected_positions(split)]
 
     def pooled_split_sizes(self) -> dict[str, dict[str, int]]:

@@ -419,6 +419,8 @@ def test_amazon_test_large_is_a_second_test_set(tmp_path):
     ids = [int(i) for i in one.test_dataset["example_ids"]]
     assert len(ids) == 1960 and ids == list(range(1930 + 1837 + 1896, 1930 + 1837 + 1896 + 1960))
     assert [int(y) for y in one.test_dataset["labels"]] == [r["label"] for r in records[ids[0] :]]
+    loaded = one.loaded_records("test")  # what a model trained outside Lightning scores (model2vec peer)
+    assert [r["example_id"] for r in loaded] == ids and loaded[0]["text"] == records[ids[0]]["text"]
     assert one.split_fingerprint == paper.split_fingerprint
     with pytest.raises(
         DataError, match=r"test_set 'large' is not an evaluation set of this corpus; choose from"
