@@ -89,22 +89,35 @@ def test_model2vec_peer_script_trains_scores_and_writes_pipeline_shaped_results(
     import json
 
     import yaml
-    from helpers import REPO, run_python, write_tiny_corpus
+    from helpers import REPO, SENTIMENT_WORDS, run_python, write_jsonl, write_tiny_corpus
 
     corpus = write_tiny_corpus(tmp_path / "corpus.jsonl", per_domain=30)
-    config = {"name": "tiny", "domains": ["books", "dvd"], "seeds": [1],
+    # a further labelled test set, domains interleaved (dvd, books, ...): books' example ids are 1, 3, ..., 11
+    labels = ["neg", "pos"] * 3
+    large = [
+        {"text": f"large {d} {i} is {SENTIMENT_WORDS[labels[i]][i % 4]}", "label": labels[i], "domain": d}
+        for i in range(6)
+        for d in ("dvd", "books")
+    ]
+    write_jsonl(tmp_path / "large.jsonl", large)
+    config = {"name": "tiny", "domains": ["books", "dvd"], "seeds": [1],  # test_large: scored by default
               "data": {"class_path": "datamodules.JsonlDataModule",
                        "init_args": {"train_file": str(corpus), "backbone": "minilm-l6",
+                                     "extra_test_files": {"test_large": str(tmp_path / "large.jsonl")},
                                      "cache_dir": str(tmp_path / "cache")}}}  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    run_python(REPO / "benchmarks" / "model2vec_peer.py", "--config", str(tmp_path / "config.yaml"),
+    result = run_python(REPO / "benchmarks" / "model2vec_peer.py", "--config", str(tmp_path / "config.yaml"),
                "--domains", "books", "--backbone", tiny_backbone, "--pca-dims", "4", "--max-epochs", "2",
                "--out", str(tmp_path / "out"), extra_env={"METAKD_CACHE": str(tmp_path / "m2v")})  # fmt: skip
     report = json.loads((tmp_path / "out" / "tiny_model2vec_peer.json").read_text(encoding="utf-8"))
     books = report["main"]["student_model2vec_peer"]["books"]
     assert books["n"] == 1 and report["main"]["student_model2vec_peer"]["average"]["mean"] == books["mean"]
-    with gzip.open(tmp_path / "out" / "tiny_model2vec_peer_predictions.jsonl.gz", "rt") as handle:
-        rows = [json.loads(line) for line in handle]
+
+    def predictions(name: str) -> list[dict[str, Any]]:
+        with gzip.open(tmp_path / "out" / name, "rt") as handle:
+            return [json.loads(line) for line in handle]
+
+    rows = predictions("tiny_model2vec_peer_predictions.jsonl.gz")
     from datamodules import JsonlDataModule
 
     test = JsonlDataModule(train_file=str(corpus), target_domain="books").loaded_records("test")
@@ -115,3 +128,19 @@ def test_model2vec_peer_script_trains_scores_and_writes_pipeline_shaped_results(
     assert books["mean"] == pytest.approx(sum(r["pred"] == r["label"] for r in rows) / len(rows))
     metrics = report["metrics"]
     assert metrics["texts_per_second"]["books"]["mean"] > 0 and metrics["size_mb"]["books"]["mean"] > 0
+
+    # the same classifier scored on the large test set, with the ids and labels the pipeline's cells use
+    assert report["test_sets"] == ["test", "test_large"]
+    assert report["predictions"] == {
+        "test": "tiny_model2vec_peer_predictions.jsonl.gz",
+        "test_large": "tiny_model2vec_peer_predictions_test_large.jsonl.gz",
+    }
+    large_rows = predictions("tiny_model2vec_peer_predictions_test_large.jsonl.gz")
+    assert [r["example_id"] for r in large_rows] == [1, 3, 5, 7, 9, 11]
+    assert [r["label"] for r in large_rows] == [0, 1, 0, 1, 0, 1]  # neg, pos: the sorted label names
+    assert {r["cell"] for r in large_rows} == {"student/model2vec_peer/books"}
+    large_books = report["by_test_set"]["test_large"]["main"]["student_model2vec_peer"]["books"]
+    assert large_books == metrics["test_large"]["books"] and large_books["n"] == 1
+    assert large_books["mean"] == pytest.approx(sum(r["pred"] == r["label"] for r in large_rows) / 6)
+    assert report["by_test_set"]["test"]["main"] == report["main"]
+    assert "test accuracy" in result.stdout and "test_large accuracy" in result.stdout
