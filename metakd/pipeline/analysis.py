@@ -1,6 +1,7 @@
 """The benchmark report's analysis beyond the accuracy table: paired bootstrap intervals of Meta-KD (the
-``compare_to`` row) minus every other student row, the smallest difference the study can detect, CPU minutes
-per row, the teachers' dev curves, and warnings about teachers worse than the student they should improve.
+``compare_to`` row) minus every other student row and of each ``twins`` row minus its no-KD twin, the smallest
+difference the study can detect, CPU minutes per row, the teachers' dev curves, and warnings about teachers
+worse than the student they should improve.
 
 Inputs are the report's :class:`~metakd.pipeline.tables.Row` list, the cells' results keyed by
 ``(seed, cell)`` and a function giving each cell's per-example predictions on the report's test set (rows
@@ -30,6 +31,7 @@ class Predictions:
     def __init__(self, rows_of: RowsOf) -> None:
         self.rows_of = rows_of
         self._rows: dict[tuple[int, str], list[dict[str, Any]] | None] = {}
+        self._correct: dict[tuple[tuple, tuple, tuple], tuple[dict, list[str]]] = {}
 
     def rows(self, seed: int, cell: str) -> list[dict[str, Any]] | None:
         if (seed, cell) not in self._rows:
@@ -38,7 +40,13 @@ class Predictions:
 
     def correct(self, row: Any, seeds: Iterable[int], domains: Iterable[str]) -> tuple[dict, list[str]]:
         """``{(domain, seed, example_id): pred == label}`` over the row's cells, and the cells without
-        predictions (``seed/cell``)."""
+        predictions (``seed/cell``); computed once per (cells, seeds, domains)."""
+        key = (tuple(row.cells.items()), tuple(seeds), tuple(domains))
+        if key not in self._correct:
+            self._correct[key] = self._correctness(row, key[1], key[2])
+        return self._correct[key]
+
+    def _correctness(self, row: Any, seeds: Iterable[int], domains: Iterable[str]) -> tuple[dict, list[str]]:
         out: dict[tuple[str, int, int], bool] = {}
         missing: list[str] = []
         for seed in seeds:
@@ -76,29 +84,48 @@ def compare(
     return out
 
 
-def reference_rows(config: dict[str, Any], rows: list[Any]) -> dict[str | None, Any]:
-    """The Meta-KD row (``compare_to``) of each budget's main table: ``compare_to`` names a row (a method
-    or a ``variants`` entry); a method that several variants use names the last of them."""
-    method = config.get("compare_to", "meta")
+def named_rows(name: str, rows: list[Any]) -> dict[str | None, Any]:
+    """The main-table student row that ``name`` names, per budget: ``name`` is a row (a method or a
+    ``variants`` entry) or a method that several variants use (then the last of them)."""
     students = [row for row in rows if row.study == "main" and row.kind == "student"]
-    named = [row for row in students if row.key.split("@")[0] == f"student_{method}"]
-    return {row.budget: row for row in named or [row for row in students if row.method == method]}
+    named = [row for row in students if row.key.split("@")[0] == f"student_{name}"]
+    return {row.budget: row for row in named or [row for row in students if row.method == name]}
+
+
+def reference_rows(config: dict[str, Any], rows: list[Any]) -> dict[str | None, Any]:
+    """The Meta-KD row (``compare_to``, see :func:`named_rows`) of each budget's main table."""
+    return named_rows(config.get("compare_to", "meta"), rows)
+
+
+def paired(
+    reference: Any,
+    other: Any,
+    predictions: Predictions,
+    config: dict[str, Any],
+    resamples: int = RESAMPLES,
+) -> dict[str, Any]:
+    """The report's entry of ``reference`` minus ``other``: the paired intervals (:func:`compare`) and the
+    cells without predictions, labelled by the other row."""
+    seeds, domains = list(config["seeds"]), list(config["domains"])
+    ref_correct, ref_missing = predictions.correct(reference, seeds, domains)
+    other_correct, other_missing = predictions.correct(other, seeds, domains)
+    return {
+        "reference": reference.key,
+        "other": other.key,
+        "budget": reference.budget,
+        "study": other.study,
+        "label": other.label,
+        "intervals": compare(ref_correct, other_correct, domains, resamples),
+        "missing_predictions": sorted(set(ref_missing) | set(other_missing)),
+    }
 
 
 def comparisons(
     config: dict[str, Any], rows: list[Any], predictions: Predictions, resamples: int = RESAMPLES
 ) -> list[dict[str, Any]]:
     """Meta-KD minus every other student row of the same budget, and minus every ablation row."""
-    seeds, domains = list(config["seeds"]), list(config["domains"])
     references = reference_rows(config, rows)
     out = []
-    cache: dict[str, tuple[dict, list[str]]] = {}
-
-    def correct(row: Any) -> tuple[dict, list[str]]:
-        if row.key not in cache:
-            cache[row.key] = predictions.correct(row, seeds, domains)
-        return cache[row.key]
-
     for row in rows:
         if row.kind != "student":
             continue
@@ -111,19 +138,24 @@ def comparisons(
         for ref in targets:
             if ref is None or ref.key == row.key:
                 continue
-            ref_correct, ref_missing = correct(ref)
-            row_correct, row_missing = correct(row)
-            out.append(
-                {
-                    "reference": ref.key,
-                    "other": row.key,
-                    "budget": ref.budget,
-                    "study": row.study,
-                    "label": row.label,
-                    "intervals": compare(ref_correct, row_correct, domains, resamples),
-                    "missing_predictions": sorted(set(ref_missing) | set(row_missing)),
-                }
-            )
+            out.append(paired(ref, row, predictions, config, resamples))
+    return out
+
+
+def twin_comparisons(
+    config: dict[str, Any], rows: list[Any], predictions: Predictions, resamples: int = RESAMPLES
+) -> list[dict[str, Any]]:
+    """Each row of ``twins`` (``{row: twin}``, names as ``compare_to`` takes them) minus its twin, the same
+    student without KD, per budget (a row the same under both budgets is paired with each of the twin's);
+    the entries are those of :func:`comparisons`, labelled by the row. Rows not in the report are skipped."""
+    out = []
+    for name, twin_name in (config.get("twins") or {}).items():
+        twins = named_rows(twin_name, rows).values()
+        for row in named_rows(name, rows).values():
+            for twin in twins:
+                if twin.key != row.key and (None in (row.budget, twin.budget) or row.budget == twin.budget):
+                    entry = paired(row, twin, predictions, config, resamples)
+                    out.append({**entry, "budget": row.budget or twin.budget, "label": row.label})
     return out
 
 
@@ -244,8 +276,10 @@ def analyse(
     seeds = list(config["seeds"])
     predictions = Predictions(rows_of)
     compared = comparisons(config, rows, predictions, resamples)
+    twins = {"twin_comparisons": twin_comparisons(config, rows, predictions, resamples)}
     return {
         "comparisons": compared,
+        **(twins if config.get("twins") else {}),
         "detectable_difference": detectable_difference(compared),
         "cpu_minutes": cpu_minutes(rows, results, needs, seeds),
         "teacher_curves": teacher_curves(rows, results, seeds),

@@ -275,8 +275,8 @@ def apply_priorities(config: dict[str, Any]) -> None:
 
 
 def check_choices(path: str | Path, config: dict[str, Any]) -> None:
-    """``studies``, ``methods``, ``budgets``, ``extra_teachers``, ``ablations`` and ``keep_checkpoints``
-    name known ones and are well formed."""
+    """``studies``, ``methods``, ``budgets``, ``extra_teachers``, ``ablations``, ``keep_checkpoints`` and
+    ``twins`` name known ones and are well formed."""
     unknown = set(config["studies"]) - set(STUDIES)
     if unknown:
         raise PipelineError(f"{path}: unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
@@ -359,6 +359,22 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
             row_spec(method, variants, extra)
         except PipelineError as err:
             raise PipelineError(f"{path}: {err}") from None
+    check_twins(path, config)
+
+
+def check_twins(path: str | Path, config: dict[str, Any]) -> None:
+    """``twins`` (optional) maps a main-table row to its no-KD twin, each named as ``compare_to`` names a
+    row: a ``variants`` entry or a registry method (a row left out of ``methods``, e.g. by a config that
+    ``extends`` this one with fewer rows, is skipped by the report)."""
+    twins = config.get("twins")
+    if twins is None:
+        return
+    if not isinstance(twins, dict) or not all(isinstance(n, str) for pair in twins.items() for n in pair):
+        raise PipelineError(f"{path}: `twins` must be a mapping of row -> its no-KD twin row, got {twins!r}")
+    known = set(config.get("variants") or {}) | set(registered_methods())
+    for name in [*twins, *twins.values()]:
+        if name not in known:
+            raise PipelineError(f"{path}: `twins` names unknown row {name!r}; known rows: {sorted(known)}")
 
 
 def scarcity_settings(config: dict[str, Any]) -> tuple[list[str], list[str], list[float]]:

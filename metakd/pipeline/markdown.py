@@ -257,12 +257,8 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
             "replicates; the average weighs every (domain, seed) equally, as the table does. **Bold**: the "
             "interval excludes 0 (a significant difference). Positive: Meta-KD is better.",
             "",
-            "| budget | row | " + " | ".join(domains) + " | average |",
-            "| --- | --- |" + " ---: |" * (len(domains) + 1),
         ]
-        for c in comparisons_:
-            values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
-            lines.append(f"| {c['budget'] or '-'} | {c['label']} | " + " | ".join(values) + " |")
+        lines += _interval_table(domains, comparisons_)
         detectable = summary.get("detectable_difference")
         if detectable is not None:
             lines += [
@@ -270,17 +266,54 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
                 f"Smallest difference this study can detect on the average: about ±{100 * detectable:.1f} "
                 "points (the half-width of the average's 95% interval, median over the rows above).",
             ]
-        missing = sorted({m for c in comparisons_ for m in c["missing_predictions"]})
-        if missing:
-            shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
-            lines += [
-                "",
-                f"Cells without per-example predictions (left out of the intervals): {len(missing)}: {shown}",
-            ]
-        lines.append("")
+        lines += _missing_predictions(comparisons_) + [""]
+    lines += render_twins(summary)
     if summary.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return lines
+
+
+def render_twins(summary: dict[str, Any]) -> list[str]:
+    """Markdown of each ``twins`` row minus its no-KD twin (``twin_comparisons``); nothing without them."""
+    twins = summary.get("twin_comparisons") or []
+    if not twins:
+        return []
+    domains, main, test_set = summary["domains"], summary.get("main") or {}, summary.get("test_set", "test")
+    lines = [
+        f"## Row minus its no-KD twin (paired bootstrap 95% interval, test set `{test_set}`)",
+        "",
+        "Accuracy points of each row minus the same student without KD (`twins`); test examples resampled "
+        f"within each (domain, seed), {summary['bootstrap']['resamples']} replicates. **Bold**: the interval "
+        "excludes 0. Positive: the row beats its twin.",
+        "",
+    ]
+    twin_labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in twins}
+    return lines + _interval_table(domains, twins, twin_labels) + _missing_predictions(twins) + [""]
+
+
+def _interval_table(
+    domains: list[str], entries: list[dict[str, Any]], twin_labels: dict[str, str] | None = None
+) -> list[str]:
+    """The rows of a paired-interval table (budget, row, [its twin,] per domain and the average)."""
+    twin = "" if twin_labels is None else " twin |"
+    lines = [
+        f"| budget | row |{twin} " + " | ".join(domains) + " | average |",
+        "| --- | --- |" + " --- |" * bool(twin) + " ---: |" * (len(domains) + 1),
+    ]
+    for c in entries:
+        values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
+        other = "" if twin_labels is None else f" {twin_labels[c['other']]} |"
+        lines.append(f"| {c['budget'] or '-'} | {c['label']} |{other} " + " | ".join(values) + " |")
+    return lines
+
+
+def _missing_predictions(entries: list[dict[str, Any]]) -> list[str]:
+    """The line naming the cells left out of the intervals for want of predictions (none: no line)."""
+    missing = sorted({m for c in entries for m in c["missing_predictions"]})
+    if not missing:
+        return []
+    shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
+    return ["", f"Cells without per-example predictions (left out of the intervals): {len(missing)}: {shown}"]
 
 
 def render_costs(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:

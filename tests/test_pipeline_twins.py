@@ -1,0 +1,158 @@
+"""`twins:` pairs each student row with its no-KD twin: the report adds the paired intervals of row minus twin
+(per domain and on the average, computed as the `compare_to` intervals are), and a bad row name is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from golden.pipeline_golden import golden_config
+from helpers import REPO
+
+from metakd import pipeline
+from metakd.pipeline import cellstore
+from metakd.pipeline.formats import interval_text
+
+DOMAINS = ["books", "dvd"]
+SEEDS = [1, 2]
+N = 10  # test examples per domain
+BASE = 5  # every twin is right on examples 0-4 of each domain and seed
+CORRECT = {  # (row, domain, seed) -> how many of examples 0..N-1 (from the first) it gets right; else BASE
+    ("a_kd", "books", 1): BASE + 3,
+    ("a_kd", "books", 2): BASE + 3,
+    ("b_kd", "dvd", 1): BASE - 2,
+}
+KD_A = "Student: A, KD (mixed teacher)"
+VARIANTS = {
+    "a_none": {"method": "none", "label": "A, no KD"},
+    "a_kd": {"method": "vanilla", "label": "A, KD"},
+    "b_none": {"method": "none", "label": "B, no KD", "data": {"batch_size": 4}},
+    "b_kd": {"method": "vanilla", "label": "B, KD", "data": {"batch_size": 4}},
+}  # the B rows differ from the A rows (their cells have other store keys)
+
+
+def config_file(root: Path, **changes: Any) -> Path:
+    """The golden config cut down to the main study of the four variant rows, with ``changes``."""
+    config = golden_config(root)
+    config.update(
+        {
+            "studies": ["main"],
+            "seeds": SEEDS,
+            "methods": list(VARIANTS),
+            "variants": VARIANTS,
+            "extra_teachers": {},
+            "ablations": [],
+            "budgets": ["B"],
+            "test_sets": ["test"],
+            "robustness": None,
+            "compare_to": "a_kd",
+            **changes,
+        }
+    )
+    path = root / "twins.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def write_results(config: dict[str, Any]) -> None:
+    """A result file per planned cell and seed; a student of row r on domain d gets the first
+    ``CORRECT[(r, d, seed)]`` test examples right and the others wrong."""
+    for seed in SEEDS:
+        for cell in pipeline.plan_cells(config):
+            domains = DOMAINS if cell.kind == "teacher" else [cell.info["domain"]]
+            rows = []
+            for d, domain in enumerate(domains):
+                right = CORRECT.get((cell.name.split("/")[1], domain, seed), BASE)
+                for i in range(N):
+                    label = i % 2
+                    rows.append({"example_id": 100 * d + i, "domain": domain, "label": label,
+                                 "pred": label if i < right else 1 - label})  # fmt: skip
+            accuracy = sum(r["pred"] == r["label"] for r in rows) / len(rows)
+            payload = {
+                "cell": cell.name,
+                "kind": cell.kind,
+                "seed": seed,
+                "info": cell.info,
+                "seconds": 1.0,
+                "cpu_seconds": 2.0,
+                "metrics": {"test/acc": accuracy},
+                "predictions": {
+                    "test": {"domain_names": DOMAINS, **cellstore.pack_predictions(rows, DOMAINS)}
+                },
+            }
+            key = pipeline.cell_key(config, seed, cell)
+            cellstore.write_result_file(pipeline.results_store(config), key, payload)
+
+
+def report(root: Path, **changes: Any) -> tuple[dict[str, Any], str]:
+    config = pipeline.load_pipeline_config(config_file(root, **changes))
+    write_results(config)
+    json_path, md_path = pipeline.write_results(config)
+    return json.loads(json_path.read_text(encoding="utf-8")), md_path.read_text(encoding="utf-8")
+
+
+def test_each_row_minus_its_twin_by_hand(tmp_path: Path) -> None:
+    summary, markdown = report(tmp_path, twins={"a_kd": "a_none", "b_kd": "b_none"})
+    first, second = summary["twin_comparisons"]
+    assert (first["reference"], first["other"], first["label"]) == ("student_a_kd", "student_a_none", KD_A)
+    assert (second["reference"], second["other"]) == ("student_b_kd", "student_b_none")
+    assert first["study"] == "main" and first["budget"] is None and first["missing_predictions"] == []
+    # a_kd gets 3 more of 10 books examples right in both seeds, the same on dvd
+    assert first["intervals"]["books"]["diff"] == pytest.approx(3 / N)
+    assert first["intervals"]["dvd"] == {**first["intervals"]["dvd"], "diff": 0.0, "low": 0.0, "high": 0.0}
+    assert first["intervals"]["average"]["diff"] == pytest.approx((3 / N + 3 / N + 0 + 0) / 4)
+    # b_kd gets 2 fewer right on dvd in seed 1 only; per domain the strata are the seeds
+    assert second["intervals"]["books"]["diff"] == 0.0
+    assert second["intervals"]["dvd"]["diff"] == pytest.approx((-2 / N + 0) / 2)
+    assert second["intervals"]["average"]["diff"] == pytest.approx(-2 / N / 4)
+    # computed as the compare_to intervals are: a_kd is also the reference row, minus a_none
+    (same,) = [c for c in summary["comparisons"] if c["other"] == "student_a_none"]
+    assert same["intervals"] == first["intervals"]
+    assert summary["pipeline_config"]["twins"] == {"a_kd": "a_none", "b_kd": "b_none"}
+
+    lines = markdown.splitlines()
+    title = "## Row minus its no-KD twin (paired bootstrap 95% interval, test set `test`)"
+    assert lines.index(title) > lines.index(next(x for x in lines if "minus each other student" in x))
+    table = lines[lines.index(title) + 4 :]
+    assert table[0] == "| budget | row | twin | books | dvd | average |"
+    assert table[2].startswith(f"| - | {KD_A} | Student: A, no KD | ")
+    assert table[3].startswith("| - | Student: B, KD (mixed teacher) | Student: B, no KD | ")
+    assert table[2].endswith(f"| {interval_text(first['intervals']['average'])} |")
+
+
+def test_no_twins_no_table_and_no_key(tmp_path: Path) -> None:
+    summary, markdown = report(tmp_path)
+    assert "twin_comparisons" not in summary
+    assert "no-KD twin" not in markdown
+
+
+def test_a_twin_named_by_its_method_and_a_row_left_out_of_methods(tmp_path: Path) -> None:
+    """A registry method names its row as `compare_to` does; a known row that the report lacks (a config
+    that extends this one with fewer rows) is skipped."""
+    summary, _ = report(tmp_path, methods=["a_none", "a_kd"], twins={"a_kd": "none", "b_kd": "b_none"})
+    (entry,) = summary["twin_comparisons"]
+    assert (entry["reference"], entry["other"]) == ("student_a_kd", "student_a_none")
+    assert entry["intervals"]["books"]["diff"] == pytest.approx(3 / N)
+
+
+def test_an_unknown_twin_row_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = config_file(tmp_path, twins={"a_kd": "a_nnoe"})
+    message = "`twins` names unknown row 'a_nnoe'; known rows: ["
+    with pytest.raises(pipeline.PipelineError, match=re.escape(f"{path}: {message}")) as err:
+        pipeline.load_pipeline_config(path)
+    assert "'a_none'" in str(err.value) and "'vanilla'" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(pipeline.PipelineError, match="`twins` must be a mapping of row -> its no-KD twin"):
+        pipeline.load_pipeline_config(config_file(tmp_path / "list", twins=["a_kd", "a_none"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "metakd", "pipeline", "--config", str(path), "--plan"],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")
