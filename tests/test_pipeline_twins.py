@@ -118,6 +118,8 @@ def test_each_row_minus_its_twin_by_hand(tmp_path: Path) -> None:
     assert summary["pipeline_config"]["twins"] == {"a_kd": "a_none", "b_kd": "b_none"}
 
     lines = markdown.splitlines()
+    # compare_to names a variants row: the minus table is titled by that row, not "Meta-KD"
+    assert f"## {KD_A} minus each other student (accuracy points, paired bootstrap 95% interval)" in lines
     title = "## Row minus its no-KD twin (paired bootstrap 95% interval, test set `test`)"
     assert lines.index(title) > lines.index(next(x for x in lines if "minus each other student" in x))
     table = lines[lines.index(title) + 4 :]

@@ -242,14 +242,11 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
     comparisons_ = summary.get("comparisons") or []
     lines: list[str] = []
     if comparisons_:
+        main = summary.get("main") or {}
         reference = next(
-            (
-                r["label"]
-                for r in (summary.get("main") or {}).values()
-                if r.get("method") == config.get("compare_to")
-            ),
-            "Meta-KD",
-        )
+            (r["label"] for r in main.values() if r.get("method") == config.get("compare_to")),
+            (main.get(comparisons_[0]["reference"]) or {}).get("label", "Meta-KD"),
+        )  # compare_to names a method, else a variants row
         lines += [
             f"## {reference} minus each other student (accuracy points, paired bootstrap 95% interval)",
             "",
