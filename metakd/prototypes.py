@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.score_coverage import loaded_example_ids
 from metakd.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -298,16 +299,11 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
 
 def loaded_examples_fingerprint(dataloader: Iterable[Mapping[str, Tensor]]) -> str | None:
     """Hash of the sorted ``example_ids`` a loader yields (``target_domain`` / ``train_fraction`` load a
-    subset of the pooled split without changing ``split_fingerprint``). Read from the dataset's
-    ``example_ids`` column when it has one, else from one pass over the loader's batches; None for a
-    one-shot iterator (it cannot be read twice)."""
-    dataset = getattr(dataloader, "dataset", None)
-    if "example_ids" in (getattr(dataset, "column_names", None) or ()) and hasattr(dataset, "with_format"):
-        ids = [int(i) for i in dataset.with_format(None)["example_ids"]]
-    elif isinstance(dataloader, Iterator):
+    subset of the pooled split without changing ``split_fingerprint``; :func:`.loaded_example_ids`);
+    None for a one-shot iterator (it cannot be read twice)."""
+    ids = loaded_example_ids(dataloader)
+    if ids is None:
         return None
-    else:
-        ids = [int(i) for batch in dataloader for i in batch["example_ids"].reshape(-1).tolist()]
     return hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:24]
 
 

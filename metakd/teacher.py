@@ -53,6 +53,7 @@ from metakd.meta_teacher.transferability import (
     transferability_summary,
 )
 from metakd.prototypes import PrototypePooling, parse_transferability_scale
+from metakd.score_coverage import missing_scores
 from metakd.utils import adamw_param_groups
 from metakd.validation import check_teacher_options
 from metakd.weighting import HeldoutRule, MetaEngine, MetaWeights
@@ -180,7 +181,7 @@ class MetaTeacher(TeacherEvaluation, pl.LightningModule):
         self.register_buffer("prototypes", torch.zeros(0))
         self.split_fingerprint: str | None = None
         self._transferability_options: dict[str, Any] | None = None
-        self._restored_from_checkpoint = False
+        self._fine_tuned = False  # restored from a checkpoint or fitted: not the pre-trained encoder
         self.init_evaluation(num_labels, num_domains)
 
     # ------------------------------------------------------------------ model
@@ -233,22 +234,27 @@ class MetaTeacher(TeacherEvaluation, pl.LightningModule):
         self.meta.reset()
         fingerprint, num_examples = datamodule.split_fingerprint, int(datamodule.num_pooled_train)
         wanted = self.transferability_weights.options()
-        if (
+        same = (
             self.split_fingerprint == fingerprint
             and self._transferability_options == wanted
             and self.transferability.shape == (num_examples,)
-        ):
+        )
+        # The same split may load other examples (train_fraction, target_domain): reuse only full coverage.
+        missing = missing_scores(self.transferability, datamodule) if same else None
+        if same and not missing[0]:
             rank_zero_info("MetaTeacher: transferability scores restored with the model, not recomputed")
         else:
-            # Restored weights are fine-tuned: the prototypes need the pre-trained encoder again (None).
-            encoder = None if self._restored_from_checkpoint else self.network.encoder
+            # Restored or already fitted weights are fine-tuned: the prototypes need the pre-trained
+            # encoder again (None).
+            encoder = None if self._fine_tuned else self.network.encoder
             t, prototypes = self.transferability_weights.compute(
-                datamodule, encoder, self.hparams, self.split_fingerprint, self.device
+                datamodule, encoder, self.hparams, self.split_fingerprint, self.device, missing
             )
             self.transferability = t.to(self.device)
             self.prototypes = prototypes.to(self.device)
         self.split_fingerprint = fingerprint
         self._transferability_options = wanted
+        self._fine_tuned = True  # from the first step on
         if self._uses_prototypes and self.trainer.is_global_zero:
             log_transferability(self.transferability, datamodule, self.domain_names, self.loggers)
 
@@ -265,7 +271,7 @@ class MetaTeacher(TeacherEvaluation, pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.split_fingerprint, self._transferability_options = read_entries(checkpoint, self.hparams)
-        self._restored_from_checkpoint = True
+        self._fine_tuned = True
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
         # The buffers' sizes follow the training data, so a fresh model cannot know them: resize first.

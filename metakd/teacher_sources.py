@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from metakd.errors import StudentConfigError, TeacherCheckpointError
 from metakd.progress import WithProgress
+from metakd.score_coverage import coverage_note, missing_scores
 from metakd.utils import file_fingerprint, sha256_json
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,10 @@ class MetaTeacherCheckpoint(TeacherSource):
         return output.logits, output.hidden_states, output.attentions, output.transferable
 
     def transferability(self, datamodule: Any, domain_map: Tensor) -> Tensor:
-        """The stored t_i when the data's pooled split is the teacher's, else recomputed from its stored
-        prototypes (:func:`recompute_transferability`); extended to augmented examples."""
+        """The stored t_i when the data's pooled split is the teacher's and they cover every example the
+        data trains on (:func:`.missing_scores`: a teacher trained on a ``train_fraction`` or
+        ``target_domain`` has none for the others), else recomputed from its stored prototypes
+        (:func:`recompute_transferability`); extended to augmented examples."""
         if datamodule is None or not hasattr(datamodule, "split_fingerprint"):
             raise StudentConfigError(
                 "instance weighting needs a metakd datamodule (split_fingerprint, example_ids); pass "
@@ -130,16 +133,22 @@ class MetaTeacherCheckpoint(TeacherSource):
             )
         teacher = self.module
         stored = getattr(teacher, "transferability", None)
+        reason = None
         if stored is not None and teacher_split_fingerprint(teacher) == datamodule.split_fingerprint:
             if stored.shape[0] != datamodule.num_pooled_train:
                 raise StudentConfigError(
                     f"teacher transferability has {stored.shape[0]} entries but the pooled training split "
                     f"has {datamodule.num_pooled_train}"
                 )
-            return by_source_example(stored.detach().float().cpu(), datamodule)
-        log.info("teacher split fingerprint differs from the data's: recomputing t_i from its prototypes")
-        scores = recompute_transferability(teacher, datamodule, domain_map)
-        return by_source_example(scores[: datamodule.num_pooled_train], datamodule)
+            missing, total = missing_scores(stored, datamodule)
+            if not missing:
+                return by_source_example(stored.detach().float().cpu(), datamodule)
+            reason = coverage_note(missing, total)
+            log.info("the teacher's t_i: %s; recomputing them from its prototypes", reason)
+        else:
+            log.info("teacher split fingerprint differs from the data's: recomputing t_i from its prototypes")
+        scores = recompute_transferability(teacher, datamodule, domain_map, reason)
+        return by_source_example(pooled_scores(scores, datamodule), datamodule)
 
 
 class HFClassifier(TeacherSource):
@@ -310,6 +319,23 @@ def by_source_example(values: Tensor, datamodule: Any) -> Tensor:
     return out.masked_fill(source < 0, float("nan")) if out.is_floating_point() else out
 
 
+def pooled_scores(scores: Tensor, datamodule: Any) -> Tensor:
+    """Scores by training id (``num_train_ids`` rows, NaN where not loaded) to scores by pooled position
+    (``num_pooled_train`` rows): a pooled example that is not loaded itself but is the source of an
+    augmented one takes that one's score (a transfer set, ``metakd_transfer``, copies the other domains'
+    examples: the same text and domain)."""
+    num_pooled = int(datamodule.num_pooled_train)
+    pooled = scores[:num_pooled].clone()
+    source = getattr(datamodule, "source_example_ids", None)
+    if source is None or scores.shape[0] == num_pooled:
+        return pooled
+    augmented = torch.arange(num_pooled, scores.shape[0])
+    origin = source.cpu()[augmented]
+    keep = (origin >= 0) & torch.isnan(pooled[origin.clamp_min(0)]) & torch.isfinite(scores[augmented])
+    pooled[origin[keep]] = scores[augmented[keep]]
+    return pooled
+
+
 def teacher_split_fingerprint(teacher: nn.Module) -> str | None:
     value = getattr(teacher, "split_fingerprint", None)
     if value is None:
@@ -317,11 +343,14 @@ def teacher_split_fingerprint(teacher: nn.Module) -> str | None:
     return value
 
 
-def recompute_transferability(teacher: nn.Module, datamodule: Any, teacher_domain_map: Tensor) -> Tensor:
+def recompute_transferability(
+    teacher: nn.Module, datamodule: Any, teacher_domain_map: Tensor, reason: str | None = None
+) -> Tensor:
     """t_i on the datamodule's training set from the teacher's stored prototypes.
 
     Used when the data's pooled split differs from the teacher's (its stored t_i are keyed by another
-    split). h_i comes from the teacher's *pre-trained* backbone with the teacher's pooling; domains are
+    split) or its stored t_i do not cover the data's training examples (``reason`` says so, for the
+    error). h_i comes from the teacher's *pre-trained* backbone with the teacher's pooling; domains are
     mapped to the teacher's by name, and a domain unknown to the teacher has no own prototype (t_i is
     then the cosine to the mean of the teacher's domain prototypes, see ``metakd.prototypes``).
     A teacher without prototypes (weighting without ``prototype``) gives t_i = 0, i.e. w_i = sigma_i.
@@ -338,10 +367,16 @@ def recompute_transferability(teacher: nn.Module, datamodule: Any, teacher_domai
         )
         return torch.zeros(num_examples)
     if hp.get("encoder_config") is not None:
+        if reason is None:
+            reason = (
+                f"its stored scores are for split {teacher_split_fingerprint(teacher)!r}, not the data's "
+                f"{datamodule.split_fingerprint!r}; distil on the split the teacher was trained on"
+            )
+        else:
+            reason += "; distil on examples the teacher was trained on"
         raise StudentConfigError(
             "cannot recompute t_i for this data: the teacher's encoder was a fresh random initialisation "
-            f"(encoder_config) and its stored scores are for split {teacher_split_fingerprint(teacher)!r}, "
-            f"not the data's {datamodule.split_fingerprint!r}; distil on the split the teacher was trained on"
+            f"(encoder_config) and {reason}"
         )
     prototypes = prototypes.detach().float().cpu()
     # An extra all-zero (= absent) prototype for domains the teacher does not know.

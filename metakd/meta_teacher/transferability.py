@@ -3,7 +3,9 @@
 t_i (:mod:`metakd.prototypes`) is computed once at the start of ``fit`` from the *pre-trained* encoder
 (the initial weights, before any step) over ``datamodule.train_eval_dataloader()``, cached on disk and
 kept in the teacher's buffers ``transferability`` (indexed by ``example_ids``) and ``prototypes``; a
-teacher restored from a checkpoint on the same split reuses them, and one restored for another split
+teacher restored from a checkpoint on the same split reuses them when they cover every example it loads
+(:func:`metakd.score_coverage.missing_scores`: another ``train_fraction`` or ``target_domain`` loads
+others), and otherwise, like one restored for another split or fit a second time on other data,
 recomputes them from the pre-trained backbone (its own weights are fine-tuned).
 
 As weights, t_i is first rescaled over the training split (``transferability_scale``: ``none``,
@@ -28,6 +30,7 @@ from metakd.prototypes import (
     parse_transferability_scale,
     rescale_transferability,
 )
+from metakd.score_coverage import coverage_note
 
 
 def fit_datamodule(trainer: Any) -> Any:
@@ -78,20 +81,27 @@ class TransferabilityWeights:
         hparams: Any,
         stored_split: str | None,
         device: torch.device,
+        missing: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(t, prototypes)`` on the datamodule's pooled training split, from ``encoder`` (its weights
         before any step), or from the pre-trained ``hparams.backbone`` when ``encoder`` is None (a
-        teacher restored from a checkpoint of split ``stored_split``)."""
+        fine-tuned teacher whose stored scores are of split ``stored_split`` or, same split, lack
+        ``missing = (missing, total)`` of the data's training examples: :func:`.missing_scores`)."""
         num_examples = int(datamodule.num_pooled_train)
         if not self.enabled:
             return torch.ones(num_examples, device=device), torch.zeros(0, device=device)
         if encoder is None:
             if hparams.encoder_config is not None:
+                reason = (
+                    coverage_note(*missing)
+                    if missing is not None
+                    else f"its stored scores are for split_fingerprint {stored_split!r}, not "
+                    f"{datamodule.split_fingerprint!r}"
+                )
                 raise ConfigError(
                     "cannot compute transferability scores for this data: the checkpoint's encoder was a "
-                    "fresh random initialisation (encoder_config), whose initial weights are gone, and its "
-                    f"stored scores are for split_fingerprint {stored_split!r}, not "
-                    f"{datamodule.split_fingerprint!r}"
+                    "fresh random initialisation (encoder_config), whose initial weights are gone, and "
+                    + reason
                 )
             encoder = build_encoder(hparams.backbone, None, None).to(device)
         t, prototypes, from_cache = load_or_compute_transferability(
