@@ -32,7 +32,9 @@ def trained_positions(datamodule: Any) -> Tensor:
     """Positions in the pooled training split of the examples the datamodule trains on (its
     ``train_eval_dataloader``): an augmented example counts as the example it came from
     (``source_example_ids``); one from none (an unlabelled review, source -1) is left out."""
-    ids = torch.tensor(loaded_example_ids(datamodule.train_eval_dataloader()) or [], dtype=torch.long)
+    with torch.random.fork_rng(devices=[]):  # a loader's iterator draws its seed from the global RNG:
+        loaded = loaded_example_ids(datamodule.train_eval_dataloader())  # this check must not move it
+    ids = torch.tensor(loaded or [], dtype=torch.long)
     source = getattr(datamodule, "source_example_ids", None)
     if source is not None and ids.numel():
         ids = source.cpu()[ids]
