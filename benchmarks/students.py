@@ -5,18 +5,24 @@ configs/amazon/benchmark_search.yaml``) and writes ``<out>/<name>_students.{json
 teacher and every row of the config's ``methods`` (the 2-layer MiniLM student, the students searched for
 that domain by AdaBERT and by RoSearch, the tiny students), on
 
-- accuracy (test, selected on dev) and robustness (accuracy under the word-substitution attack and the
-  attack success rate, from the cells' ``robustness_<domain>.json``), read from the cells;
+- accuracy on every test set of the config's ``test_sets`` (selected on dev; the report's test set,
+  ``test_large`` when there is one, first and as ``accuracy``), read from the cells' result files, and
+  robustness (accuracy under the word-substitution attack and the attack success rate, from the cells'
+  ``robustness_<domain>.json``, else the summary their result files keep);
 - size (parameters, float32 MB) and CPU inference throughput, **measured here in one run**: the same
   batch of the domain's test reviews (padded to ``--seq`` tokens), the same thread count, interleaved
   repetitions, medians (``speed.py``'s method);
 - the searched architecture (operations, cells, FLOPs per token, the entropy of AdaBERT's operation
   distribution before and after the search), and whether the domains' differ.
+
+``--seeds 1 2`` reports the cells of several seeds, one row each (entries keyed ``<seed>/<row>/<domain>``
+instead of ``<row>/<domain>``); the default is the config's first seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -34,8 +40,6 @@ sys.path.insert(0, str(REPO))
 
 def main(argv: list[str] | None = None) -> int:
     from metakd import pipeline
-    from metakd.pipeline import cellstore
-    from metakd.search.derive import describe
     from metakd.throughput import examples_per_second, load_model, probe_batch
     from metakd.utils import import_object
 
@@ -43,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "amazon" / "benchmark_search.yaml"))
     parser.add_argument("--quick", action="store_true", help="the cells of the pipeline's --quick run")
     parser.add_argument("--runs-dir", help="the pipeline's runs_dir (default: the config's)")
-    parser.add_argument("--seed", type=int, help="the cells' seed (default: the config's first)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--seeds", type=int, nargs="+", help="the cells' seeds (default: the config's first)")
+    chosen.add_argument("--seed", type=int, help="one seed (as --seeds SEED)")
     parser.add_argument("--out", help="results folder (default: the config's results_dir)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64, help="tokens per example (the benchmark's max_length)")
@@ -54,64 +60,62 @@ def main(argv: list[str] | None = None) -> int:
     config = pipeline.load_pipeline_config(args.config, quick=args.quick)
     if args.runs_dir:
         config["runs_dir"] = args.runs_dir
-    seed = args.seed if args.seed is not None else config["seeds"][0]
+    seeds = args.seeds or ([args.seed] if args.seed is not None else config["seeds"][:1])
+    primary = pipeline.report_test_set(config)
+    test_sets = [primary, *(name for name in config["test_sets"] if name != primary)]
     out_dir = Path(args.out or config["results_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     section = config["student"]["data"]
     data = import_object(section["class_path"])(**section.get("init_args", {}))
     rows, labels, searched = table_rows(config)
     models, batches, entries = {}, {}, {}
-    for domain in config["domains"]:
-        for row, pattern in rows.items():
-            cell = pattern.format(d=domain)
-            directory = pipeline.cell_dir(config, seed, cell)
-            result_path = directory / pipeline.RESULT_FILE
-            if not result_path.is_file():
-                print(f"skipping {cell}: not finished ({result_path} missing)")
-                continue
-            result = json.loads(result_path.read_text(encoding="utf-8"))
-            key = f"{row}/{domain}"
-            model, size = load_model(directory / "checkpoints" / "best.ckpt", data)
-            accuracy = pipeline.cell_accuracy(result, domain)
-            entry = {"row": row, "label": labels[row], "domain": domain, "cell": cell, "parameters": size,
-                     "size_mb": round(4 * size / 2**20, 1), "accuracy": accuracy}  # fmt: skip
-            robustness = directory / f"robustness_{domain}.json"
-            if robustness.is_file():
-                report = json.loads(robustness.read_text(encoding="utf-8"))
-                entry.update(
-                    {k: report[k] for k in ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")}
-                )
-                entry["attacked_examples"] = report["examples"]
-            if row in searched:
-                stored = result["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
-                path = Path(cellstore.fill_store(stored, pipeline.store_dir(config)))
-                architecture = json.loads(path.read_text(encoding="utf-8"))
-                entry["architecture"] = describe(architecture)
-                entry["flops_per_token"] = architecture["cost"]["flops_per_token"]
-                entry["cell_json"] = {"num_cells": architecture["num_cells"], "cell": architecture["cell"]}
-                entry["op_entropy"] = architecture.get("derived_from", {}).get("op_entropy")
-            # the teacher and the unsearched students have one shape: timed once (on the first domain)
-            if row in searched or domain == config["domains"][0]:
-                models[key], batches[key] = model, probe_batch(data, domain, args.batch, args.seq)
-            entries[key] = entry
+
+    def key_of(seed: int, row: str, domain: str) -> str:
+        return f"{row}/{domain}" if len(seeds) == 1 else f"{seed}/{row}/{domain}"
+
+    for seed, domain, (row, pattern) in itertools.product(seeds, config["domains"], rows.items()):
+        cell = pattern.format(d=domain)
+        result = pipeline.read_result(config, seed, cell)
+        checkpoint = pipeline.best_checkpoint(config, seed, cell)
+        if result is None or not checkpoint.is_file():
+            why = "not finished" if result is None else f"{checkpoint} missing"
+            print(f"skipping {seed}/{cell}: {why}")
+            continue
+        key = key_of(seed, row, domain)
+        model, size = load_model(checkpoint, data)
+        entry = cell_entry(config, seed, cell, domain, result, test_sets, row in searched)
+        entries[key] = {"row": row, "label": labels[row], "seed": seed, "domain": domain, "cell": cell,
+                        "parameters": size, "size_mb": round(4 * size / 2**20, 1), **entry}  # fmt: skip
+        # the teacher and the unsearched students have one shape: timed once (first seed and domain)
+        if row in searched or (seed, domain) == (seeds[0], config["domains"][0]):
+            models[key], batches[key] = model, probe_batch(data, domain, args.batch, args.seq)
     throughput = examples_per_second(models, batches, args.repeats)
     for key, entry in entries.items():
-        shared = f"{entry['row']}/{config['domains'][0]}"
+        shared = key_of(seeds[0], entry["row"], config["domains"][0])
         entry["examples_per_s"] = round(throughput.get(key, throughput.get(shared, float("nan"))), 1)
-    base = throughput.get(f"teacher/{config['domains'][0]}")
+    base = throughput.get(key_of(seeds[0], "teacher", config["domains"][0]))
     for entry in entries.values():
         entry["speedup_vs_teacher"] = round(entry["examples_per_s"] / base, 2) if base else None
-    cells = {
-        row: [json.dumps(e["cell_json"], sort_keys=True) for e in entries.values() if e["row"] == row]
+    cells = {  # per searched row and seed: the architectures of its domains
+        (row, seed): [
+            json.dumps(e["cell_json"], sort_keys=True)
+            for e in entries.values()
+            if (e["row"], e["seed"]) == (row, seed)
+        ]
         for row in searched
+        for seed in seeds
     }
     summary = {
         "config": str(args.config),
-        "seed": seed,
+        "seed": seeds[0],
+        "seeds": seeds,
+        "test_sets": test_sets,
         "measure": {"batch": args.batch, "seq": args.seq, "threads": args.threads, "repeats": args.repeats},
         "entries": entries,
         "architectures_differ_across_domains": any(len(set(c)) > 1 for c in cells.values()),
-        "distinct_architectures": {row: len(set(c)) for row, c in cells.items()},
+        "distinct_architectures": {
+            row: len({c for (r, _), found in cells.items() if r == row for c in found}) for row in searched
+        },
         "versions": pipeline.package_versions(),
     }
     name = f"{config['name']}_students"
@@ -120,6 +124,43 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, out_dir / f"{name}.png")
     print(render(summary))
     return 0
+
+
+def cell_entry(
+    config: dict[str, Any],
+    seed: int,
+    cell: str,
+    domain: str,
+    result: dict[str, Any],
+    test_sets: list[str],
+    searched: bool,
+) -> dict[str, Any]:
+    """What a finished cell's files say of it on ``domain``: its accuracy on each test set (``accuracy``:
+    the first, the report's), its attack summary (``robustness_<domain>.json`` in the runs folder, else the
+    one its result file keeps) and, for a searched student, its architecture."""
+    from metakd import pipeline
+    from metakd.pipeline import cellstore
+    from metakd.pipeline.robustness import attack_summary
+    from metakd.search.derive import describe
+
+    accuracies = {name: pipeline.cell_accuracy(result, domain, name) for name in test_sets}
+    entry: dict[str, Any] = {"accuracy": accuracies[test_sets[0]], "accuracy_by_test_set": accuracies}
+    report = attack_summary(config, seed, cell, domain, result)
+    if report:
+        entry.update(
+            {k: report[k] for k in ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")}
+        )
+        entry["attacked_examples"] = report.get("examples")
+    if searched:
+        stored = result["config"]["model"]["init_args"]["student_model"]["init_args"]["architecture"]
+        architecture = json.loads(
+            Path(cellstore.fill_store(stored, pipeline.store_dir(config))).read_text(encoding="utf-8")
+        )
+        entry["architecture"] = describe(architecture)
+        entry["flops_per_token"] = architecture["cost"]["flops_per_token"]
+        entry["cell_json"] = {"num_cells": architecture["num_cells"], "cell": architecture["cell"]}
+        entry["op_entropy"] = architecture.get("derived_from", {}).get("op_entropy")
+    return entry
 
 
 def table_rows(config: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], set[str]]:
@@ -159,44 +200,55 @@ def pct(value: Any) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def markdown_table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; ``align`` has an ``l`` or ``r`` per column."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return [f"| {' | '.join(header)} |", f"| {' | '.join(rule)} |"] + [
+        f"| {' | '.join(str(value) for value in row)} |" for row in rows
+    ]
+
+
 def render(summary: dict[str, Any]) -> str:
-    m = summary["measure"]
+    m, test_sets, seeds = summary["measure"], summary["test_sets"], summary["seeds"]
+    entries = list(summary["entries"].values())
+    several = len(seeds) > 1  # then a seed column
+    seed, seed_align = (["seed"], "r") if several else ([], "")
+
+    def seed_of(entry: dict[str, Any]) -> list[Any]:
+        return [entry["seed"]] if several else []
+
     lines = [
         "# Searched students side by side",
         "",
-        f"Seed {summary['seed']}. Throughput: batch {m['batch']}, {m['seq']} tokens, {m['threads']} threads, "
-        f"median of {m['repeats']} interleaved repetitions, all models in one run (the teacher and the "
-        "MiniLM student timed once: their shape does not depend on the domain). Accuracy: test, selected on "
-        "dev. Robustness: accuracy under the word-substitution attack (clean accuracy on the attacked "
-        "examples) and attack success rate.",
+        f"Seed{'s' if several else ''} {', '.join(map(str, seeds))}. Throughput: batch {m['batch']}, "
+        f"{m['seq']} tokens, {m['threads']} threads, median of {m['repeats']} interleaved repetitions, all "
+        "models in one run (the teacher and the MiniLM student timed once: their shape does not depend on "
+        f"the domain). Accuracy on {' and '.join(test_sets)} (the report's test set first), selected on dev. "
+        "Robustness: accuracy under the word-substitution attack (clean accuracy on the attacked examples) "
+        "and attack success rate.",
         "",
-        "| domain | model | params | MB | ex/s | vs teacher | test acc | under attack (clean) | success |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for e in summary["entries"].values():
-        lines.append(
-            f"| {e['domain']} | {e['label']} | {e['parameters'] / 1e6:.1f}M | {e['size_mb']} | "
-            f"{e['examples_per_s']} | "
-            f"{e['speedup_vs_teacher']}x | {pct(e['accuracy'])} | {pct(e.get('accuracy_under_attack'))} "
-            f"({pct(e.get('clean_accuracy'))}) | {pct(e.get('attack_success_rate'))} |"
-        )
-    lines += [
-        "",
-        "## Architectures searched per domain",
-        "",
-        "| domain | search | architecture | FLOPs/token | operation entropy (AdaBERT) |",
-        "| --- | --- | --- | ---: | ---: |",
-    ]
-    for e in summary["entries"].values():
-        if "architecture" in e:
-            lines.append(
-                f"| {e['domain']} | {e['row']} | {e['architecture']} | {e['flops_per_token']:,} | "
-                f"{entropy_text(e.get('op_entropy'))} |"
-            )
+    lines += markdown_table(
+        [*seed, "domain", "model", "params", "MB", "ex/s", "vs teacher", *(f"{t} acc" for t in test_sets),
+         "under attack (clean)", "success"],
+        seed_align + "ll" + "r" * (6 + len(test_sets)),
+        [[*seed_of(e), e["domain"], e["label"], f"{e['parameters'] / 1e6:.1f}M", e["size_mb"],
+          e["examples_per_s"], f"{e['speedup_vs_teacher']}x",
+          *(pct(e["accuracy_by_test_set"][t]) for t in test_sets),
+          f"{pct(e.get('accuracy_under_attack'))} ({pct(e.get('clean_accuracy'))})",
+          pct(e.get("attack_success_rate"))] for e in entries],
+    )  # fmt: skip
+    lines += ["", "## Architectures searched per domain", ""]
+    lines += markdown_table(
+        [*seed, "domain", "search", "architecture", "FLOPs/token", "operation entropy (AdaBERT)"],
+        seed_align + "lllrr",
+        [[*seed_of(e), e["domain"], e["row"], e["architecture"], f"{e['flops_per_token']:,}",
+          entropy_text(e.get("op_entropy"))] for e in entries if "architecture" in e],
+    )  # fmt: skip
     differ = summary["architectures_differ_across_domains"]
     distinct = ", ".join(f"{row}: {n}" for row, n in summary["distinct_architectures"].items())
     lines += ["", f"The searched architectures {'differ' if differ else 'do not differ'} across domains "
-              f"(distinct per search: {distinct}).", ""]  # fmt: skip
+              f"(distinct per search{' over all seeds' if several else ''}: {distinct}).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -216,7 +268,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 marker = markers.get(e["row"], "D")
                 axis.scatter(e["examples_per_s"], 100 * e[key], marker=marker, label=e["row"])
                 axis.annotate(e["domain"][:4], (e["examples_per_s"], 100 * e[key]), fontsize=7)
-    for axis, title in zip(axes, ("test accuracy (%)", "accuracy under attack (%)")):
+    titles = (f"{summary['test_sets'][0]} accuracy (%)", "accuracy under attack (%)")
+    for axis, title in zip(axes, titles):
         axis.set_xscale("log")
         axis.set_xlabel("examples / s (CPU, log)")
         axis.set_ylabel(title)

@@ -18,7 +18,7 @@ from metakd.pipeline import cellstore
 from metakd.pipeline.config import PipelineError
 from metakd.pipeline.invoke import run_cli
 from metakd.pipeline.plan import Cell
-from metakd.pipeline.store import best_checkpoint, cell_dir, cell_key, results_store
+from metakd.pipeline.store import best_checkpoint, cell_dir, cell_key, read_result, results_store
 from metakd.utils import write_json
 
 ROBUSTNESS_OPTIONS = {
@@ -98,3 +98,17 @@ def recorded_robustness(result: dict[str, Any] | None, domain: str, settings: di
     """The attack summary a result file holds for ``domain``, if it was made with ``settings``."""
     summary = (result or {}).get("robustness", {}).get(domain)
     return summary if summary and summary.get("settings") == settings else None
+
+
+def attack_summary(
+    config: dict[str, Any], seed: int, cell: str, domain: str, result: dict[str, Any] | None = None
+) -> dict | None:
+    """A cell's attack report on ``domain``: its ``robustness_<domain>.json`` in the runs folder, else the
+    summary its result file keeps (``result``, read when not given) if made with the config's
+    ``robustness:`` settings; None when neither."""
+    path = robustness_path(config, seed, cell, domain)
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if not config.get("robustness"):
+        return None
+    return recorded_robustness(result or read_result(config, seed, cell), domain, config["robustness"])

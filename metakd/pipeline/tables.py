@@ -9,7 +9,6 @@ analysis of :mod:`.analysis` (paired intervals, costs, dev curves, warnings).
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from metakd.pipeline.config import (
     zero_shot_settings,
 )
 from metakd.pipeline.plan import Cell, main_cell_name, plan_cells, student_cell_name, zero_shot_cell_name
-from metakd.pipeline.robustness import recorded_robustness, robustness_path
+from metakd.pipeline.robustness import attack_summary
 from metakd.pipeline.store import cell_predictions, read_result
 from metakd.stats import mean_std
 
@@ -225,12 +224,7 @@ def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any
         for domain, cell in row.cells.items():
             values: dict[str, list[float]] = {metric: [] for metric in metrics}
             for seed in config["seeds"]:
-                path = robustness_path(config, seed, cell, domain)
-                attacked = (
-                    json.loads(path.read_text(encoding="utf-8"))
-                    if path.is_file()
-                    else recorded_robustness(read_result(config, seed, cell), domain, config["robustness"])
-                )
+                attacked = attack_summary(config, seed, cell, domain)
                 if attacked:
                     for metric in metrics:
                         values[metric].append(attacked[metric])
