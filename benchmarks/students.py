@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "amazon" / "benchmark_search.yaml"))
     parser.add_argument("--quick", action="store_true", help="the cells of the pipeline's --quick run")
     parser.add_argument("--runs-dir", help="the pipeline's runs_dir (default: the config's)")
+    parser.add_argument("--store-dir", help="the pipeline's store_dir (default: `store` beside runs_dir)")
+    parser.add_argument("--results-store", help="the cells' result files (default: <results_dir>/cells)")
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--seeds", type=int, nargs="+", help="the cells' seeds (default: the config's first)")
     chosen.add_argument("--seed", type=int, help="one seed (as --seeds SEED)")
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = pipeline.load_pipeline_config(args.config, quick=args.quick)
-    if args.runs_dir:
-        config["runs_dir"] = args.runs_dir
+    for key in ("runs_dir", "store_dir", "results_store"):  # as the pipeline's options
+        if getattr(args, key):
+            config[key] = getattr(args, key)
     seeds = args.seeds or ([args.seed] if args.seed is not None else config["seeds"][:1])
     primary = pipeline.report_test_set(config)
     test_sets = [primary, *(name for name in config["test_sets"] if name != primary)]

@@ -151,7 +151,9 @@ def test_students_report_both_test_sets_primary_first(
     assert summary["seeds"] == [2] and set(entries) == {"teacher/books", "teacher/dvd", "minilm_2l/books"}
     assert entries["minilm_2l/books"]["accuracy_by_test_set"] == {"test_large": 0.475, "test": 0.40}
     assert "skipping 2/student/vanilla/dvd" in capsys.readouterr().out
-    assert run_students("--config", str(config_path), "--seeds", "1", "2") == 0
+    moved = Path(config["results_dir"]).parent / "elsewhere"  # the pipeline's --results-store
+    pipeline.results_store(config).rename(moved)
+    assert run_students("--config", str(config_path), "--seeds", "1", "2", "--results-store", str(moved)) == 0
     summary = json.loads((Path(config["results_dir"]) / "tiny_students.json").read_text())
     assert len(summary["entries"]) == 7 and summary["entries"]["2/teacher/books"]["accuracy"] == 0.95
     assert summary["entries"]["1/teacher/books"]["accuracy"] == 0.85
