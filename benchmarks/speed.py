@@ -272,6 +272,19 @@ STUDENTS: list[ModelSpec] = [
         ("amazon_tiny.json", "student_pqrnn_features_tang", "teacher_mixed"),
         slots=8,
     ),
+    ModelSpec(
+        "bag_m2v",
+        "Static bag (model2vec's classifier shape): mean of 384-d model2vec embeddings, L2 norm, MLP 512",
+        # random weights of the same shapes as the model2vec table (speed does not depend on them)
+        {
+            "student_model": {
+                "class_path": "static_bag",
+                "init_args": {"embedding_init": "random", "embedding_dim": 384},
+            }
+        },
+        {"student_model": {"class_path": "static_bag", "init_args": {**TINY_EMBEDDINGS, "hidden_dim": 8}}},
+        ("amazon_tiny_transfer.json", "student_bag_m2v_metakd_mse_transfer", "teacher_meta"),
+    ),
 ]
 RUNTIMES = ("pytorch", "onnx", "onnx_int8")
 """PyTorch fp32 (eager, inference mode), ONNX Runtime fp32, ONNX Runtime with dynamic int8 quantisation."""

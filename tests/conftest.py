@@ -46,6 +46,22 @@ def tiny_tokenizer_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_backbone(tiny_tokenizer_dir, tmp_path_factory):
+    """A 1-layer BERT over the tiny tokenizer, saved as a local sentence-transformer-like directory."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=20, max_position_embeddings=16)  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny_backbone")
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher_ckpt(tmp_path_factory):
     """A tiny MetaTeacher checkpoint (``helpers.train_tiny_teacher``: 2 steps on the toy data), trained
     once per session; tests only read it."""

@@ -14,21 +14,6 @@ pytest.importorskip("model2vec")
 from metakd.students import StudentContext, build_student, rebuild_student  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tiny_tokenizer_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 1-layer BERT over the tiny tokenizer, saved as a local sentence-transformer-like directory."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    tokenizer = BertTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=20, max_position_embeddings=16)  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_backbone")
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
-
 def textcnn(tokenizer_dir: str, backbone: str, **overrides: Any) -> Any:
     from metakd.backbones import load_tokenizer
 

@@ -44,7 +44,7 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "speed.json").read_text())
     names = {"teacher", *(spec.name for spec in speed.STUDENTS)}
     assert set(report["inference"]) == names
-    assert {"bilstm", "textcnn", "pqrnn", "pqrnn_features", "textcnn_m2v128"} <= names
+    assert {"bilstm", "textcnn", "pqrnn", "pqrnn_features", "textcnn_m2v128", "bag_m2v"} <= names
     for entry in report["inference"].values():
         assert set(entry["runtimes"]) == {"pytorch", "onnx", "onnx_int8"}
         for runtime, row in entry["runtimes"].items():
