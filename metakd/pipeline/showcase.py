@@ -25,7 +25,8 @@ from typing import Any
 
 from metakd.pipeline.config import PipelineError
 from metakd.pipeline.invoke import run_cli
-from metakd.pipeline.store import best_checkpoint, cell_key
+from metakd.pipeline.plan import planned_cell
+from metakd.pipeline.store import best_checkpoint, cell_config, cell_key
 from metakd.utils import write_json
 
 SETTINGS = ("domain", "batch", "repeats", "text", "export", "teacher")
@@ -81,7 +82,7 @@ def showcase(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] 
         if missing:
             note = f"not measured here: {len(missing)} checkpoint(s) missing (e.g. {missing[0]})"
             return {"settings": settings, "note": note, **_landing(rows, teachers[0], students, {})}
-        measured["throughput"] = _time(config, checkpoints, domain, settings)
+        measured["throughput"] = _time(config, checkpoints, domain, settings, cells)
         best = max(students, key=lambda k: rows[k]["average"]["mean"])
         measured["export"], measured["prediction"] = _export_and_predict(checkpoints[best], best, settings)
         write_json(path, {"keys": keys, "settings": settings, **measured})
@@ -91,26 +92,41 @@ def showcase(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] 
 
 
 def _time(
-    config: dict[str, Any], checkpoints: dict[str, Path], domain: str, settings: dict
+    config: dict[str, Any], checkpoints: dict[str, Path], domain: str, settings: dict, cells: dict[str, str]
 ) -> dict[str, Any]:
-    """Examples per second of every row's cell on ``domain``'s test texts (:mod:`metakd.throughput`)."""
+    """Examples per second of every row's cell on ``domain``'s test texts (:mod:`metakd.throughput`), each
+    on the inputs its own data gives (its tokenizer and ``max_length``: a row that reads 256 tokens is timed
+    on 256)."""
     import torch
 
     from metakd.throughput import examples_per_second, load_model, probe_batch
+
+    models, sizes, batches, made = {}, {}, {}, {}
+    for key, path in checkpoints.items():
+        data, seq = _cell_data(config, config["seeds"][0], cells[key])
+        signature = (type(data).__name__, data.backbone, seq)
+        if signature not in made:
+            made[signature] = probe_batch(data, domain, settings["batch"], seq)
+        batches[key] = made[signature]
+        models[key], sizes[key] = load_model(path, data)
+    rates = examples_per_second(models, batches, settings["repeats"])
+    first = next(iter(batches.values()))
+    return {
+        key: {"examples_per_s": round(rates[key], 1), "parameters": sizes[key],
+              "seq": int(batches[key]["input_ids"].shape[1])}
+        for key in models
+    } | {"_setup": {"runtime": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads",
+                    "batch": settings["batch"], "seq": first["input_ids"].shape[1]}}  # fmt: skip
+
+
+def _cell_data(config: dict[str, Any], seed: int, cell: str) -> tuple[Any, int]:
+    """The datamodule a cell reads (its resolved ``data`` section, without augmentation) and its
+    ``max_length``."""
     from metakd.utils import import_object
 
-    section = config["student"]["data"]
+    section = cell_config(config, seed, planned_cell(config, cell))["data"]
     init_args = {k: v for k, v in (section.get("init_args") or {}).items() if k != "augment"}
-    data = import_object(section["class_path"])(**init_args)
-    batch = probe_batch(data, domain, settings["batch"], int(init_args.get("max_length", 128)))
-    models, sizes = {}, {}
-    for key, path in checkpoints.items():
-        models[key], sizes[key] = load_model(path, data)
-    rates = examples_per_second(models, dict.fromkeys(models, batch), settings["repeats"])
-    return {
-        key: {"examples_per_s": round(rates[key], 1), "parameters": sizes[key]} for key in models
-    } | {"_setup": {"runtime": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads",
-                    "batch": settings["batch"], "seq": batch["input_ids"].shape[1]}}  # fmt: skip
+    return import_object(section["class_path"])(**init_args), int(init_args.get("max_length", 128))
 
 
 def _export_and_predict(ckpt: Path, row: str, settings: dict) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -146,6 +162,8 @@ def _landing(
             "parameters": (speed.get(key) or {}).get("parameters"),
             "speedup": rate / base_rate if rate and base_rate else None,
         }
+        if (speed.get(key) or {}).get("seq") not in (None, (speed.get(teacher) or {}).get("seq")):
+            table[key]["seq"] = speed[key]["seq"]  # timed on its own, longer (or shorter) inputs
     best = max(students, key=lambda k: rows[k]["average"]["mean"])
     return {"teacher": teacher, "best": best, "rows": table}
 
@@ -160,7 +178,8 @@ def render_showcase(section: dict[str, Any] | None, test_set: str) -> list[str]:
     if setup:
         lines += [
             f"Examples per second on the same runtime ({setup['runtime']}), batch {setup['batch']} of "
-            f"{section['settings']['domain']} test texts at {setup['seq']} tokens, median of "
+            f"{section['settings']['domain']} test texts at {setup['seq']} tokens (a row whose data reads "
+            "another length is timed on that length and says so), median of "
             f"{section['settings']['repeats']} interleaved rounds (timings vary from run to run).",
             "",
         ]
@@ -173,7 +192,8 @@ def render_showcase(section: dict[str, Any] | None, test_set: str) -> list[str]:
         accuracy = f"{100 * row['accuracy']:.1f}"
         if row.get("interval"):
             accuracy += " [{:.1f}, {:.1f}]".format(*(100 * v for v in row["interval"]))
-        lines.append(f"| {row['label']} | {params} | {rate} | {speedup} | {accuracy} | "
+        label = row["label"] + (f" (timed on {row['seq']} tokens)" if row.get("seq") else "")
+        lines.append(f"| {label} | {params} | {rate} | {speedup} | {accuracy} | "
                      f"{100 * row['kept']:.1f}% |")  # fmt: skip
     best = rows[section["best"]]
     where = f"{100 * best['kept']:.1f}% of the teacher's accuracy"
