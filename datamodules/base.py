@@ -291,7 +291,9 @@ class MultiDomainDataModule(LightningDataModule):
         other ids (a pQRNN featurizer). Itself when ``backbone`` is its own."""
         if backbone == self.backbone:
             return self
-        view = type(self)(**{**dict(self.hparams), "backbone": backbone})
+        # LightningCLI adds its own keys (``_class_path``, ``_instantiator``) to the saved hyperparameters
+        arguments = {k: v for k, v in dict(self.hparams).items() if not k.startswith("_")}
+        view = type(self)(**{**arguments, "backbone": backbone})
         view.setup()
         return view
 

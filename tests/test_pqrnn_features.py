@@ -197,3 +197,17 @@ def test_distil_from_a_teacher_reading_its_own_tokens_then_int8(setup: dict[str,
     # (dynamic quantisation takes its activation ranges from the batch: compare the same one-text batch)
     alone = torch.softmax(TextClassifier(root / "exported", runtime="int8").logits(texts[:1]), -1)
     assert rows[0]["probabilities"][data.label_names[1]] == pytest.approx(float(alone[0, 1]), abs=1e-5)
+
+
+def test_the_teachers_view_of_data_built_by_lightning_cli(setup: dict[str, Any]) -> None:
+    """LightningCLI saves `_class_path` (and `_instantiator`) among a datamodule's hyperparameters; the
+    teacher's view of a pQRNN student's data must still be built (the pipeline's cells failed on it)."""
+    from datamodules import JsonlDataModule
+
+    data = JsonlDataModule(backbone="pqrnn-features", target_domain="books", **setup["data"])
+    data.hparams["_class_path"] = "datamodules.JsonlDataModule"  # as LightningCLI leaves it
+    data.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    data.setup()
+    view = data.with_backbone("minilm-l6")
+    assert view.backbone == "minilm-l6" and view.split_fingerprint == data.split_fingerprint
+    assert view.with_backbone("minilm-l6") is view
