@@ -120,6 +120,7 @@ def test_each_row_minus_its_twin_by_hand(tmp_path: Path) -> None:
     lines = markdown.splitlines()
     # compare_to names a variants row: the minus table is titled by that row, not "Meta-KD"
     assert f"## {KD_A} minus each other student (accuracy points, paired bootstrap 95% interval)" in lines
+    assert any(f"Positive: {KD_A} is better." in line for line in lines)
     title = "## Row minus its no-KD twin (paired bootstrap 95% interval, test set `test`)"
     assert lines.index(title) > lines.index(next(x for x in lines if "minus each other student" in x))
     table = lines[lines.index(title) + 4 :]

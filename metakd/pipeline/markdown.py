@@ -252,7 +252,9 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
             "",
             f"Test examples resampled within each (domain, seed), {summary['bootstrap']['resamples']} "
             "replicates; the average weighs every (domain, seed) equally, as the table does. **Bold**: the "
-            "interval excludes 0 (a significant difference). Positive: Meta-KD is better.",
+            "interval excludes 0 (a significant difference). Positive: "
+            + ("Meta-KD" if config.get("compare_to", "meta") == "meta" else reference)
+            + " is better.",
             "",
         ]
         lines += _interval_table(domains, comparisons_)
