@@ -58,11 +58,9 @@ def run_cell_robustness(config: dict[str, Any], seed: int, cell: Cell, in_proces
                 f"robustness needs {best_checkpoint(config, seed, cell.name)} (keep_checkpoints "
                 f"{config['keep_checkpoints'].get(cell.kind)!r} for {cell.kind}s removed it)"
             )
-        if (
-            path.is_file()
-            and json.loads(path.read_text(encoding="utf-8")).get("pipeline_settings") == settings
-        ):
-            record_robustness(config, seed, cell.name, domain, json.loads(path.read_text(encoding="utf-8")))
+        existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if existing is not None and existing.get("pipeline_settings") == settings:
+            record_robustness(config, seed, cell.name, domain, existing)
             continue
         args = ["robustness", "--ckpt", str(best_checkpoint(config, seed, cell.name)),
                 "--config", str(directory / "cell.yaml"), "--domain", domain, "--out", str(path)]  # fmt: skip

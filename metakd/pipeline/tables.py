@@ -196,7 +196,7 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
 
     out.update(analyse(config, rows, results, needs, rows_of))
     if config.get("robustness") and "main" in out:
-        out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"])
+        out["robustness"] = collect_robustness(config, [row for row in rows if row.study == "main"], results)
     searched = {f"{seed}/{name}": r for (seed, name), r in results.items() if r and r["kind"] == "search"}
     if searched:
         from metakd.search.derive import describe
@@ -213,10 +213,12 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
     return out
 
 
-def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
+def collect_robustness(
+    config: dict[str, Any], rows: list[Row], results: dict[tuple[int, str], Any] | None = None
+) -> dict[str, Any]:
     """Per main-table row and domain: clean accuracy, accuracy under attack and attack success rate of the
     attacked examples (``robustness_<domain>.json`` of each cell, else the summary its result file keeps),
-    summarised over seeds."""
+    summarised over seeds. ``results``: the cells' results already read, by ``(seed, cell)``."""
     metrics = ("clean_accuracy", "accuracy_under_attack", "attack_success_rate")
     table: dict[str, Any] = {}
     for row in rows:
@@ -224,7 +226,7 @@ def collect_robustness(config: dict[str, Any], rows: list[Row]) -> dict[str, Any
         for domain, cell in row.cells.items():
             values: dict[str, list[float]] = {metric: [] for metric in metrics}
             for seed in config["seeds"]:
-                attacked = attack_summary(config, seed, cell, domain)
+                attacked = attack_summary(config, seed, cell, domain, (results or {}).get((seed, cell)))
                 if attacked:
                     for metric in metrics:
                         values[metric].append(attacked[metric])
