@@ -189,13 +189,14 @@ class ModelSpec:
     """A model of the inference table: its name and words, the ``metakd.Student`` arguments that build it
     (``student``; ``tiny`` for ``--tiny``) and where its accuracy comes from (``accuracy``: a pipeline
     results file under ``--out``, the student row of its main table, and the teacher: a row of the same
-    table, or a JSON file under ``--out`` with the teacher's ``average`` test accuracy)."""
+    table, or a JSON file under ``--out`` with the teacher's ``average`` test accuracy; an optional fourth
+    element names the test set, whose table ``by_test_set[<test set>]["main"]`` is read instead)."""
 
     name: str
     label: str
     student: dict[str, Any]
     tiny: dict[str, Any]
-    accuracy: tuple[str, str, str] | None = None
+    accuracy: tuple[str, str, str] | tuple[str, str, str, str] | None = None
     slots: int = 1
     """Input ids per token position: a pQRNN on the ``pqrnn-features`` featurizer reads 8 per word, so
     its inputs have ``seq`` words of 8 ids (the featurizer's own hashing is not timed, as no model's
@@ -218,7 +219,7 @@ STUDENTS: list[ModelSpec] = [
         "MiniLM-L6 layers 0 and 5 (BERT student)",
         {"student_layers": [0, 5]},
         {"student_config": TINY_STUDENT},
-        ("amazon.json", "student_meta@A", "teacher_meta"),  # the 3-seed benchmark (test_large)
+        ("amazon.json", "student_meta@A", "teacher_meta", "test_large"),  # the 3-seed benchmark
     ),
     ModelSpec(
         "bilstm",
@@ -239,7 +240,7 @@ STUDENTS: list[ModelSpec] = [
         "TextCNN: widths 3/4/5 x 100 filters, 128 principal components of MiniLM's embeddings",
         {"student_model": {"class_path": "textcnn", "init_args": {"embedding_dim": 128, "filters": 100}}},
         {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 4}}},
-        ("amazon_tiny.json", "student_textcnn_pc128_tang", TINY_TEACHER_RESULTS),
+        ("amazon_tiny_bag.json", "student_textcnn_pc128_metakd_mse_transfer", "teacher_meta", "test_large"),
     ),
     ModelSpec(
         "pqrnn",
@@ -269,12 +270,13 @@ STUDENTS: list[ModelSpec] = [
             "tokenizer_name": "pqrnn-features",
             "student_model": {"class_path": "pqrnn", "init_args": {"projection_size": 16, "hidden_size": 8}},
         },
-        ("amazon_tiny.json", "student_pqrnn_features_tang", "teacher_mixed"),
+        ("amazon_tiny_bag.json", "student_pqrnn_metakd_mse_transfer", "teacher_meta", "test_large"),
         slots=8,
     ),
     ModelSpec(
         "bag_m2v",
-        "Static bag (model2vec's classifier shape): mean of 384-d model2vec embeddings, L2 norm, MLP 512",
+        "Static bag (model2vec's classifier shape): mean of 384-d model2vec embeddings, L2 norm, MLP 512 "
+        "(accuracy: its 256-token row)",
         # random weights of the same shapes as the model2vec table (speed does not depend on them)
         {
             "student_model": {
@@ -283,7 +285,7 @@ STUDENTS: list[ModelSpec] = [
             }
         },
         {"student_model": {"class_path": "static_bag", "init_args": {**TINY_EMBEDDINGS, "hidden_dim": 8}}},
-        ("amazon_tiny_transfer.json", "student_bag_m2v_metakd_mse_transfer", "teacher_meta"),
+        ("amazon_tiny_bag.json", "student_bag_m2v_long_metakd_mse_transfer", "teacher_meta", "test_large"),
     ),
 ]
 RUNTIMES = ("pytorch", "onnx", "onnx_int8")
@@ -609,14 +611,20 @@ def meta_weight_agreement(args: argparse.Namespace, workdir: Path) -> dict[str, 
 
 
 def accuracy_retained(out: Path, spec: ModelSpec) -> dict[str, Any] | None:
-    """The student row's average test accuracy over its teacher's, from the pipeline results files."""
+    """The student row's average test accuracy over its teacher's, from the pipeline results files: the
+    main table, or the named test set's (None where the file lacks it, as for a missing row)."""
     if spec.accuracy is None:
         return None
-    results, row, teacher_source = spec.accuracy
+    results, row, teacher_source, *named = spec.accuracy
     path = out / results
     if not path.is_file():
         return None
-    table = json.loads(path.read_text()).get("main", {})
+    summary = json.loads(path.read_text())
+    # the main table is the report's test set; files written before test sets were named tested on `test`
+    test_set = named[0] if named else summary.get("test_set", "test")
+    if named:
+        summary = summary.get("by_test_set", {}).get(test_set, {})
+    table = summary.get("main", {})
     if teacher_source.endswith(".json"):
         teacher_path = out / teacher_source
         teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
@@ -634,6 +642,7 @@ def accuracy_retained(out: Path, spec: ModelSpec) -> dict[str, Any] | None:
     return {
         "source": str(path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path),
         "student_row": row,
+        "test_set": test_set,
         "student": student["mean"],
         "student_std": student.get("std"),
         "student_seeds": student["n"],
@@ -654,8 +663,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> str | None:
-    """Accuracy retained vs speed-up over the teacher (batch 32, same runtime), one colour per runtime;
-    the line joins the Pareto front of each runtime. Needs matplotlib (the ``bench`` extra)."""
+    """Accuracy retained (on the test sets of the accuracy rows) vs speed-up over the teacher (the table's
+    batch, same runtime), one colour per runtime; the line joins the Pareto front of each runtime. Needs
+    matplotlib (the ``bench`` extra)."""
     try:
         import matplotlib
 
@@ -684,9 +694,11 @@ def plot_pareto(report: dict[str, Any], path: Path) -> str | None:
     if not plotted:
         plt.close(figure)
         return None
+    inf = report["setup"].get("inference_setup", report["setup"])
+    test_sets = ", ".join(sorted({acc["test_set"] for acc in report["accuracy"].values()}))
     axis.set_xscale("log")
-    axis.set_xlabel("throughput / teacher's on the same runtime (batch 32, seq 128)")
-    axis.set_ylabel("accuracy retained (% of the teacher's, Amazon test)")
+    axis.set_xlabel(f"throughput / teacher's on the same runtime (batch {inf['batch']}, seq {inf['seq']})")
+    axis.set_ylabel(f"% of the teacher's accuracy (Amazon {test_sets})")
     axis.axhline(98, color="grey", linestyle=":", linewidth=1)
     axis.axvline(50, color="grey", linestyle=":", linewidth=1)
     axis.legend(title="runtime")
@@ -737,12 +749,16 @@ def render(report: dict[str, Any]) -> str:
         f"- `{name}`: {entry['label']}" for name, entry in report["inference"].items()
     ]
     if report["accuracy"]:
-        lines += ["", "Accuracy retained (fp32 PyTorch models; average test accuracy over the domains):"]
+        lines += [
+            "",
+            "Accuracy retained (fp32 PyTorch models; average test accuracy over the domains, each row at "
+            f"the max_length it was trained and tested at; the table times every model at seq {inf['seq']}):",
+        ]
         for name, acc in report["accuracy"].items():
             lines.append(
                 f"- `{name}`: `{acc['student_row']}` {100 * acc['student']:.1f}% vs "
-                f"`{acc['teacher_source']}` {100 * acc['teacher']:.1f}% ({acc['student_seeds']} seed(s), "
-                f"`{acc['source']}`)"
+                f"`{acc['teacher_source']}` {100 * acc['teacher']:.1f}% on {acc['test_set']} "
+                f"({acc['student_seeds']} seed(s), `{acc['source']}`)"
             )
     if report.get("pareto_png"):
         lines += ["", f"Pareto plot: `{Path(report['pareto_png']).name}`."]

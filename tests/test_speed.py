@@ -39,6 +39,25 @@ def test_accuracy_retained_reads_a_pipeline_table(tmp_path: Path) -> None:
     assert speed.accuracy_retained(tmp_path, fixed)["retained"] == pytest.approx(0.87 / 0.92)
 
 
+def test_accuracy_retained_reads_a_named_test_set(tmp_path: Path) -> None:
+    row = "student_bag_m2v_long_metakd_mse_transfer"
+    spec = speed.ModelSpec("bag", "Bag", {}, {}, ("amazon_tiny_bag.json", row, "teacher_meta", "test_large"))
+    main = {row: {"average": {"mean": 0.85, "n": 3}}, "teacher_meta": {"average": {"mean": 0.9, "n": 3}}}
+    large = {row: {"average": {"mean": 0.82, "n": 3}}, "teacher_meta": {"average": {"mean": 0.8, "n": 3}}}
+    summary = {"test_set": "test", "main": main, "by_test_set": {"test": {"main": main}}}
+    path = tmp_path / "amazon_tiny_bag.json"
+    path.write_text(json.dumps(summary), encoding="utf-8")
+    assert speed.accuracy_retained(tmp_path, spec) is None  # the file has no test_large
+    summary["by_test_set"]["test_large"] = {"main": large}
+    path.write_text(json.dumps(summary), encoding="utf-8")
+    accuracy = speed.accuracy_retained(tmp_path, spec)
+    assert accuracy["retained"] == pytest.approx(0.82 / 0.8) and accuracy["test_set"] == "test_large"
+    # without a test set: the main table, under the file's own test set
+    default = speed.ModelSpec("bag", "Bag", {}, {}, ("amazon_tiny_bag.json", row, "teacher_meta"))
+    accuracy = speed.accuracy_retained(tmp_path, default)
+    assert accuracy["retained"] == pytest.approx(0.85 / 0.9) and accuracy["test_set"] == "test"
+
+
 def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     run_python("benchmarks/speed.py", "--tiny", "--quick", "--out", tmp_path, timeout=600)
     report = json.loads((tmp_path / "speed.json").read_text())
