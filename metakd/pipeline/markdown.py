@@ -202,11 +202,14 @@ BUDGET_TITLES = {
 }
 
 
-def _table(domains: list[str], rows: dict[str, Any]) -> list[str]:
+def _table(domains: list[str], rows: dict[str, Any], seeds: int | None = None) -> list[str]:
+    """A row whose average has fewer seeds than the study's (``seeds``) says how many it has."""
     lines = ["| method | " + " | ".join(domains) + " | average |", "| --- |" + " ---: |" * (len(domains) + 1)]
     for row in rows.values():
         cells = [fmt(row[d]) for d in domains] + [fmt(row["average"])]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        n = (row.get("average") or {}).get("n")
+        label = row["label"] + (f" ({n} of {seeds} seeds)" if seeds and n and n < seeds else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -214,6 +217,7 @@ def render_tables(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """Markdown of the accuracy tables: teachers with the students of the first budget, the students of
     the other budget, the ablation study (its teachers and students)."""
     domains = summary["domains"]
+    n_seeds = len(summary.get("seeds") or [])
     main = summary.get("main") or {}
     budgets = list(config.get("budgets") or ["B"])
     lines: list[str] = []
@@ -223,16 +227,16 @@ def render_tables(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         }
         if len(budgets) > 1:
             lines += [f"Students: {BUDGET_TITLES[budgets[0]]}.", ""]
-        lines += _table(domains, first)
+        lines += _table(domains, first, n_seeds)
         for budget in budgets[1:]:
             students = {
                 k: r for k, r in main.items() if r["kind"] == "student" and r.get("budget") in (budget, None)
             }
-            lines += [f"## Students, {BUDGET_TITLES[budget]}", ""] + _table(domains, students)
+            lines += [f"## Students, {BUDGET_TITLES[budget]}", ""] + _table(domains, students, n_seeds)
     ablation = summary.get("ablation") or {}
     if ablation:
         title = BUDGET_TITLES[config.get("ablation_budget", "B")].split(":")[0]
-        lines += [f"## Ablations of Meta-KD (students: {title})", ""] + _table(domains, ablation)
+        lines += [f"## Ablations of Meta-KD (students: {title})", ""] + _table(domains, ablation, n_seeds)
     return lines
 
 
