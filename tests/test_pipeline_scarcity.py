@@ -94,7 +94,7 @@ def test_l2a_study_reports_paired_intervals_and_the_selection_spread(tmp_path: P
     random selection is +25 points on books (3 of 4 test reviews right against 2 of 4, every seed) and 0
     on kitchen; the selection probabilities' summary (a result file's ``l2a_selection``, copied there
     from the cell's l2a_selection.json) is averaged over the seeds."""
-    from metakd.pipeline import cellstore
+    from metakd.pipeline import cellstore, scarcity_report
     from metakd.pipeline.scarcity_report import SELECTION_FILE, selection_of
 
     config = pipeline.load_pipeline_config(REPO / "configs" / "amazon" / "scarcity_l2a_selection.yaml")
@@ -144,6 +144,20 @@ def test_l2a_study_reports_paired_intervals_and_the_selection_spread(tmp_path: P
     row = "| books | Meta-KD + L2A | 10% | 2 | 0.450 ± 0.071 | 0.150 | 0.150 | 0.25 | 100 |"
     assert row + " mix 0.35, sr 0.55 |" in markdown
     assert "| kitchen | Meta-KD + L2A, random selection | 10% | 2 | 0.500 ± 0.000 | 0.000 |" in markdown
+    assert comparison["missing_predictions"] == [] and "not_run" not in comparison
+
+    # a cell without a result for seed 2 (never run) is named apart from one without predictions
+    never_run, bare = (pipeline.student_cell_name(row, "books", 0.1) for row in (learned, random))
+    cellstore.result_path(pipeline.results_store(config), pipeline.cell_key(config, 2, never_run)).unlink()
+    key = pipeline.cell_key(config, 1, bare)
+    bare_result = cellstore.read_result_file(pipeline.results_store(config), key)
+    cellstore.write_result_file(pipeline.results_store(config), key, {**bare_result, "predictions": None})
+    summary = pipeline.collect(config)
+    [comparison] = summary["scarcity"]["comparisons"]
+    assert comparison["missing_predictions"] == [f"1/{bare}"] and comparison["not_run"] == [f"2/{never_run}"]
+    lines = scarcity_report.render(summary["scarcity"], summary["scarcity"]["labels"])
+    assert f"Cells without per-example predictions (left out): 1/{bare}" in lines
+    assert f"Cells not run for these seeds (left out): 2/{never_run}" in lines
 
     config["scarcity"]["compare"] = [["meta_l2a", "meta"]]
     with pytest.raises(ConfigError, match=r"scarcity.compare: \['meta_l2a', 'meta'\] must be a pair"):

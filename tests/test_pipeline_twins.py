@@ -61,11 +61,14 @@ def config_file(root: Path, **changes: Any) -> Path:
     return path
 
 
-def write_results(config: dict[str, Any]) -> None:
+def write_results(config: dict[str, Any], not_run: Any = (), no_predictions: Any = ()) -> None:
     """A result file per planned cell and seed; a student of row r on domain d gets the first
-    ``CORRECT[(r, d, seed)]`` test examples right and the others wrong."""
+    ``CORRECT[(r, d, seed)]`` test examples right and the others wrong. ``(seed, cell)`` in ``not_run``
+    gets no result file, in ``no_predictions`` one without per-example predictions."""
     for seed in SEEDS:
         for cell in pipeline.plan_cells(config):
+            if (seed, cell.name) in not_run:
+                continue
             domains = DOMAINS if cell.kind == "teacher" else [cell.info["domain"]]
             rows = []
             for d, domain in enumerate(domains):
@@ -87,13 +90,17 @@ def write_results(config: dict[str, Any]) -> None:
                     "test": {"domain_names": DOMAINS, **cellstore.pack_predictions(rows, DOMAINS)}
                 },
             }
+            if (seed, cell.name) in no_predictions:
+                del payload["predictions"]
             key = pipeline.cell_key(config, seed, cell)
             cellstore.write_result_file(pipeline.results_store(config), key, payload)
 
 
-def report(root: Path, **changes: Any) -> tuple[dict[str, Any], str]:
+def report(
+    root: Path, not_run: Any = (), no_predictions: Any = (), **changes: Any
+) -> tuple[dict[str, Any], str]:
     config = pipeline.load_pipeline_config(config_file(root, **changes))
-    write_results(config)
+    write_results(config, not_run, no_predictions)
     json_path, md_path = pipeline.write_results(config)
     return json.loads(json_path.read_text(encoding="utf-8")), md_path.read_text(encoding="utf-8")
 
@@ -128,6 +135,37 @@ def test_each_row_minus_its_twin_by_hand(tmp_path: Path) -> None:
     assert table[2].startswith(f"| - | {KD_A} | Student: A, no KD | ")
     assert table[3].startswith("| - | Student: B, KD (mixed teacher) | Student: B, no KD | ")
     assert table[2].endswith(f"| {interval_text(first['intervals']['average'])} |")
+
+
+def test_cells_not_run_and_cells_without_predictions_get_a_line_each(tmp_path: Path) -> None:
+    """A cell without a result for a seed (never run) is named apart from a finished cell without
+    per-example predictions, in the JSON (``not_run``, only where there is one) and in the report."""
+    summary, markdown = report(
+        tmp_path,
+        not_run={(2, "student/a_none/dvd")},
+        no_predictions={(1, "student/b_kd/books")},
+        twins={"a_kd": "a_none"},
+    )
+    by_other = {c["other"]: c for c in summary["comparisons"]}
+    assert by_other["student_a_none"]["missing_predictions"] == []
+    assert by_other["student_a_none"]["not_run"] == ["2/student/a_none/dvd"]
+    assert by_other["student_b_kd"]["missing_predictions"] == ["1/student/b_kd/books"]
+    assert "not_run" not in by_other["student_b_kd"] and "not_run" not in by_other["student_b_none"]
+    # left out of the intervals: dvd is paired on seed 1's examples only, books on both seeds'
+    assert by_other["student_a_none"]["intervals"]["dvd"]["n_examples"] == N
+    assert by_other["student_a_none"]["intervals"]["books"]["n_examples"] == 2 * N
+    (twin,) = summary["twin_comparisons"]
+    assert (twin["missing_predictions"], twin["not_run"]) == ([], ["2/student/a_none/dvd"])
+
+    lines = markdown.splitlines()
+    missing = "Cells without per-example predictions (left out of the intervals): 1: 1/student/b_kd/books"
+    not_run = "Cells not run for these seeds (left out of the intervals): 1: 2/student/a_none/dvd"
+    assert lines.count(missing) == 1  # the minus table has it, the twins table (a_kd, a_none) has not
+    assert lines.count(not_run) == 2  # under both tables
+    first_table = lines.index(next(x for x in lines if "minus each other student" in x))
+    twins_table = lines.index(next(x for x in lines if "no-KD twin (paired" in x))
+    assert first_table < lines.index(missing) < lines.index(not_run) < twins_table
+    assert not any("b_kd" in line for line in lines if line.startswith("Cells not run"))
 
 
 def test_no_twins_no_table_and_no_key(tmp_path: Path) -> None:

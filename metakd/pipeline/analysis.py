@@ -23,13 +23,18 @@ BOOTSTRAP_SEED = 0
 
 RowsOf = Callable[[int, str], "list[dict[str, Any]] | None"]
 """A cell's per-example predictions by ``(seed, cell)``, None when it has none."""
+Finished = Callable[[int, str], bool]
+"""Whether a cell has a result for a seed (it ran and finished), by ``(seed, cell)``."""
 
 
 class Predictions:
-    """Per-example correctness of the cells, read once per (seed, cell)."""
+    """Per-example correctness of the cells, read once per (seed, cell). ``finished`` tells a cell that has
+    no result for a seed (never run) from a finished one without predictions; without it every cell counts
+    as finished."""
 
-    def __init__(self, rows_of: RowsOf) -> None:
+    def __init__(self, rows_of: RowsOf, finished: Finished | None = None) -> None:
         self.rows_of = rows_of
+        self.finished = finished
         self._rows: dict[tuple[int, str], list[dict[str, Any]] | None] = {}
         self._correct: dict[tuple[tuple, tuple, tuple], tuple[dict, list[str]]] = {}
 
@@ -59,6 +64,22 @@ class Predictions:
                     if r["domain"] == domain:
                         out[(domain, seed, int(r["example_id"]))] = r["pred"] == r["label"]
         return out, sorted(set(missing))
+
+    def left_out(self, *missing: Iterable[str]) -> dict[str, list[str]]:
+        """A comparison's keys for the cells (``seed/cell``, as :meth:`correct` names them) left out of its
+        intervals: ``missing_predictions``, the finished cells without per-example predictions, and
+        ``not_run``, the cells without a result for that seed; ``not_run`` only when there are any (the
+        summary of a study whose cells all ran keeps the keys it had before)."""
+        cells = sorted(set().union(*missing))
+        not_run = [c for c in cells if self.finished is not None and not self.finished(*_seed_and_cell(c))]
+        out = {"missing_predictions": [c for c in cells if c not in not_run]}
+        return {**out, "not_run": not_run} if not_run else out
+
+
+def _seed_and_cell(name: str) -> tuple[int, str]:
+    """``1/student/meta/books`` -> ``(1, "student/meta/books")``."""
+    seed, _, cell = name.partition("/")
+    return int(seed), cell
 
 
 def compare(
@@ -105,7 +126,7 @@ def paired(
     resamples: int = RESAMPLES,
 ) -> dict[str, Any]:
     """The report's entry of ``reference`` minus ``other``: the paired intervals (:func:`compare`) and the
-    cells without predictions, labelled by the other row."""
+    cells left out of them (:meth:`Predictions.left_out`), labelled by the other row."""
     seeds, domains = list(config["seeds"]), list(config["domains"])
     ref_correct, ref_missing = predictions.correct(reference, seeds, domains)
     other_correct, other_missing = predictions.correct(other, seeds, domains)
@@ -116,7 +137,7 @@ def paired(
         "study": other.study,
         "label": other.label,
         "intervals": compare(ref_correct, other_correct, domains, resamples),
-        "missing_predictions": sorted(set(ref_missing) | set(other_missing)),
+        **predictions.left_out(ref_missing, other_missing),
     }
 
 
@@ -274,7 +295,7 @@ def analyse(
 ) -> dict[str, Any]:
     """Everything of this module for the results JSON."""
     seeds = list(config["seeds"])
-    predictions = Predictions(rows_of)
+    predictions = Predictions(rows_of, lambda seed, cell: results.get((seed, cell)) is not None)
     compared = comparisons(config, rows, predictions, resamples)
     twins = {"twin_comparisons": twin_comparisons(config, rows, predictions, resamples)}
     return {

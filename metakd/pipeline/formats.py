@@ -1,5 +1,6 @@
 """How the report and the progress lines write a number: an accuracy as mean ± std over seeds, a paired
-interval in accuracy points (bold when it excludes 0), CPU minutes, a duration."""
+interval in accuracy points (bold when it excludes 0), CPU minutes, a duration; and the words for the cells
+a table of paired intervals left out."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+LEFT_OUT = {
+    "missing_predictions": "Cells without per-example predictions",
+    "not_run": "Cells not run for these seeds",
+}
+"""The keys of a paired comparison naming the cells left out of its intervals (``seed/cell``; see
+``analysis.Predictions.left_out``) and the words of the report's line for each. A summary written before
+``not_run`` existed lists both kinds under ``missing_predictions``."""
+
+
+def left_out(entries: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """``(words, cells)`` for each kind of cell that the comparisons ``entries`` left out, in the order of
+    :data:`LEFT_OUT`; a kind with no cell is skipped."""
+    found = ((words, sorted({m for c in entries for m in c.get(key, [])})) for key, words in LEFT_OUT.items())
+    return [(words, cells) for words, cells in found if cells]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from metakd.pipeline import scarcity_report
-from metakd.pipeline.formats import cost_text, fmt, format_seconds, interval_text
+from metakd.pipeline.formats import cost_text, fmt, format_seconds, interval_text, left_out
 from metakd.pipeline.showcase import render_showcase
 
 REPORT_END_OF_PRINTED = "<!-- end of the part printed on the terminal -->"
@@ -311,12 +311,12 @@ def _interval_table(
 
 
 def _missing_predictions(entries: list[dict[str, Any]]) -> list[str]:
-    """The line naming the cells left out of the intervals for want of predictions (none: no line)."""
-    missing = sorted({m for c in entries for m in c["missing_predictions"]})
-    if not missing:
-        return []
-    shown = ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else "")
-    return ["", f"Cells without per-example predictions (left out of the intervals): {len(missing)}: {shown}"]
+    """A line per kind of cell left out of the intervals (:func:`.formats.left_out`; none: no line)."""
+    lines: list[str] = []
+    for words, cells in left_out(entries):
+        shown = ", ".join(cells[:12]) + (" ..." if len(cells) > 12 else "")
+        lines += ["", f"{words} (left out of the intervals): {len(cells)}: {shown}"]
+    return lines
 
 
 def render_costs(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:

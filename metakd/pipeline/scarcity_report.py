@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from metakd.errors import ConfigError
-from metakd.pipeline.analysis import RESAMPLES, Predictions, RowsOf, compare
-from metakd.pipeline.formats import interval_text
+from metakd.pipeline.analysis import RESAMPLES, Finished, Predictions, RowsOf, compare
+from metakd.pipeline.formats import interval_text, left_out
 
 SELECTION_FILE = "l2a_selection.json"
 """What ``L2ASelector`` writes into a cell's folder (its ``default_root_dir``)."""
@@ -59,13 +59,18 @@ def compare_pairs(config: dict[str, Any], rows: list[str]) -> list[tuple[str, st
 
 
 def scarcity_comparisons(
-    config: dict[str, Any], points: dict[str, Any], rows_of: RowsOf, resamples: int = RESAMPLES
+    config: dict[str, Any],
+    points: dict[str, Any],
+    rows_of: RowsOf,
+    resamples: int = RESAMPLES,
+    finished: Finished | None = None,
 ) -> list[dict[str, Any]]:
     """For each pair of ``scarcity.compare`` and each fraction: paired bootstrap intervals of
-    ``acc(first) - acc(second)`` per domain (strata: seeds) and over the domains (strata: domain, seed)."""
+    ``acc(first) - acc(second)`` per domain (strata: seeds) and over the domains (strata: domain, seed), and
+    the cells left out of them (:meth:`.analysis.Predictions.left_out`; ``finished`` tells the never-run)."""
     domains = list(points)
     rows = sorted({row for domain in domains for row in points[domain]})
-    predictions, seeds = Predictions(rows_of), list(config["seeds"])
+    predictions, seeds = Predictions(rows_of, finished), list(config["seeds"])
     out = []
     for first, second in compare_pairs(config, rows):
         fractions = sorted({f for d in domains for f in points[d].get(first, {})}, key=float)
@@ -78,7 +83,7 @@ def scarcity_comparisons(
                     "second": second,
                     "fraction": fraction,
                     "intervals": compare(a, b, domains, resamples),
-                    "missing_predictions": sorted(set(missing_a) | set(missing_b)),
+                    **predictions.left_out(missing_a, missing_b),
                 }
             )
     return out
@@ -135,9 +140,8 @@ def render(scarcity: dict[str, Any], labels: dict[str, str]) -> list[str]:
             values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
             pair = f"{labels.get(c['first'], c['first'])} - {labels.get(c['second'], c['second'])}"
             lines.append(f"| {pair} | {100 * float(c['fraction']):g}% | " + " | ".join(values) + " |")
-        missing = sorted({m for c in scarcity["comparisons"] for m in c["missing_predictions"]})
-        if missing:
-            lines += ["", f"Cells without per-example predictions (left out): {', '.join(missing)}"]
+        for words, cells in left_out(scarcity["comparisons"]):
+            lines += ["", f"{words} (left out): {', '.join(cells)}"]
         lines.append("")
     if scarcity.get("selection"):
         lines += [

@@ -172,7 +172,10 @@ def collect(config: dict[str, Any], cells: list[Cell] | None = None) -> dict[str
         labels = {method: row_spec(method, config.get("variants")).label for method in methods}
         out["scarcity"] = {"domains": scarcity_domains, "labels": labels, "points": points}
         out["scarcity"]["comparisons"] = scarcity_report.scarcity_comparisons(  # scarcity.compare's intervals
-            config, points, lambda s, c: cell_predictions(results.get((s, c)), primary)
+            config,
+            points,
+            lambda s, c: cell_predictions(results.get((s, c)), primary),
+            finished=lambda s, c: results.get((s, c)) is not None,
         )
         out["scarcity"]["selection"] = scarcity_report.selection_spread(points, results, seeds)  # L2A's
     if "zero_shot" in config["studies"]:
