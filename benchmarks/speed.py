@@ -259,7 +259,7 @@ STUDENTS: list[ModelSpec] = [
             }
         },
         {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 4}}},
-        ("amazon_tiny.json", "student_textcnn_m2v128_tang", "teacher_mixed"),
+        ("amazon_tiny_slice.json", "student_textcnn_m2v128_metakd_mse", "teacher_meta", "test_large"),
     ),
     ModelSpec(
         "pqrnn_features",
