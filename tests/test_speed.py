@@ -95,3 +95,17 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     assert again["inference"] == report["inference"]
     assert again["training"]["meta_weighting"] != report["training"]["meta_weighting"]  # a new measurement
     assert "carried over: measured at" in (tmp_path / "speed.md").read_text()
+    # both flags: nothing is timed; the accuracy column is read again from the results files under --out
+    row = "student_bag_m2v_long_metakd_mse_transfer"
+    large = {row: {"average": {"mean": 0.8, "n": 5}}, "teacher_meta": {"average": {"mean": 0.84, "n": 5}}}
+    summary = {"main": {}, "by_test_set": {"test_large": {"main": large}}}
+    (tmp_path / "amazon_tiny_bag.json").write_text(json.dumps(summary), encoding="utf-8")
+    run_python(
+        "benchmarks/speed.py", "--tiny", "--no-inference", "--no-training", "--out", tmp_path, timeout=600
+    )
+    third = json.loads((tmp_path / "speed.json").read_text())
+    assert third["inference"] == report["inference"]
+    assert third["training"]["meta_weighting"]["ratio"] == again["training"]["meta_weighting"]["ratio"]
+    assert "carried over: measured at" in third["training"]["meta_weighting"]["what"]
+    assert third["accuracy"]["bag_m2v"]["retained"] == pytest.approx(0.8 / 0.84)
+    assert "accuracy" not in again or "bag_m2v" not in again["accuracy"]
