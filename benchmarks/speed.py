@@ -226,7 +226,7 @@ STUDENTS: list[ModelSpec] = [
         "BiLSTM: 1 layer x 150 per direction, final states, MiniLM embeddings (384)",
         {"student_model": {"class_path": "bilstm"}},
         {"student_model": {"class_path": "bilstm", "init_args": {**TINY_EMBEDDINGS, "hidden_size": 8}}},
-        ("amazon_tiny.json", "student_bilstm_tang", TINY_TEACHER_RESULTS),
+        ("amazon_tiny_transfer.json", "student_bilstm_mse_unlabeled", "teacher_meta", "test_large"),
     ),
     ModelSpec(
         "textcnn",
@@ -240,7 +240,7 @@ STUDENTS: list[ModelSpec] = [
         "TextCNN: widths 3/4/5 x 100 filters, 128 principal components of MiniLM's embeddings",
         {"student_model": {"class_path": "textcnn", "init_args": {"embedding_dim": 128, "filters": 100}}},
         {"student_model": {"class_path": "textcnn", "init_args": {**TINY_EMBEDDINGS, "filters": 4}}},
-        ("amazon_tiny_bag.json", "student_textcnn_pc128_metakd_mse_transfer", "teacher_meta", "test_large"),
+        ("amazon_tiny_slice.json", "student_textcnn_pc128_mse_unlabeled", "teacher_meta", "test_large"),
     ),
     ModelSpec(
         "pqrnn",
