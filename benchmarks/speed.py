@@ -709,12 +709,28 @@ def plot_pareto(report: dict[str, Any], path: Path) -> str | None:
     return str(path)
 
 
+TRAINING_SETUP = ("train_seq", "batch", "steps", "train_reps", "threads", "clock")
+"""The keys of a run's ``setup`` that describe its training measurements (kept when they are carried over)."""
+
+
+def model_order(names: Any) -> list[str]:
+    """The teacher, then the students in :data:`STUDENTS` order (a carried-over table comes back from JSON
+    with its keys sorted), then any other name."""
+    order = ["teacher", *(spec.name for spec in STUDENTS)]
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
 def render(report: dict[str, Any]) -> str:
     setup = report["setup"]
     inf = setup.get("inference_setup", setup)  # --no-inference: the setup of the carried-over table
+    rest = (
+        "as are the training sections below; the accuracy column is read again"
+        if "training_setup" in setup
+        else "the training sections below are from this run, started at a load average of "
+        f"{setup['load_before']}"
+    )
     carried = (
-        f" (carried over: measured at {setup['inference_carried_over_from']}; the training sections below "
-        f"are from this run, started at a load average of {setup['load_before']})"
+        f" (carried over: measured at {setup['inference_carried_over_from']}; {rest})"
         if "inference_carried_over_from" in setup
         else ""
     )
@@ -735,7 +751,8 @@ def render(report: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for runtime in RUNTIMES:
-        for name, entry in report["inference"].items():
+        for name in model_order(report["inference"]):
+            entry = report["inference"][name]
             row = entry["runtimes"][runtime]
             accuracy = report["accuracy"].get(name)
             retained = f"{100 * accuracy['retained']:.1f}%" if accuracy else "-"
@@ -746,7 +763,7 @@ def render(report: dict[str, Any]) -> str:
                 f"{row['p50_latency_ms']:.2f} | {retained} |"
             )
     lines += ["", "Models:"] + [
-        f"- `{name}`: {entry['label']}" for name, entry in report["inference"].items()
+        f"- `{name}`: {report['inference'][name]['label']}" for name in model_order(report["inference"])
     ]
     if report["accuracy"]:
         lines += [
@@ -754,7 +771,8 @@ def render(report: dict[str, Any]) -> str:
             "Accuracy retained (fp32 PyTorch models; average test accuracy over the domains, each row at "
             f"the max_length it was trained and tested at; the table times every model at seq {inf['seq']}):",
         ]
-        for name, acc in report["accuracy"].items():
+        for name in model_order(report["accuracy"]):
+            acc = report["accuracy"][name]
             lines.append(
                 f"- `{name}`: `{acc['student_row']}` {100 * acc['student']:.1f}% vs "
                 f"`{acc['teacher_source']}` {100 * acc['teacher']:.1f}% on {acc['test_set']} "
@@ -763,11 +781,12 @@ def render(report: dict[str, Any]) -> str:
     if report.get("pareto_png"):
         lines += ["", f"Pareto plot: `{Path(report['pareto_png']).name}`."]
     if report.get("training"):
+        train = setup.get("training_setup", setup)  # --no-training: the setup of the carried-over ratios
         lines += [
             "",
-            f"Training cost at seq {setup['train_seq']}, batch {setup['batch']}: {setup['steps']} timed "
-            f"steps per model and repetition, {setup['train_reps']} interleaved repetitions, medians, "
-            f"{setup['threads']} thread(s), {setup.get('clock', 'wall clock')}.",
+            f"Training cost at seq {train['train_seq']}, batch {train['batch']}: {train['steps']} timed "
+            f"steps per model and repetition, {train['train_reps']} interleaved repetitions, medians, "
+            f"{train['threads']} thread(s), {train.get('clock', 'wall clock')}.",
             "",
             "| training cost | ratio | medians |",
             "| --- | ---: | --- |",
@@ -916,6 +935,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         report["pareto_png"] = plot_pareto(report, out / "speed_pareto.png")
         if args.no_training:  # the training ratios and meta-weight agreement of the previous speed.json
+            before = (carried_report(out) or {}).get("setup", {})
+            before = before.get("training_setup") or {k: before[k] for k in TRAINING_SETUP if k in before}
+            if before:
+                setup["training_setup"] = before
             report["training"] = carried_training(out)
             report["meta_agreement"] = carried_meta_agreement(out)
         else:

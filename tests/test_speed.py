@@ -109,3 +109,13 @@ def test_speed_benchmark_tiny(tmp_path: Path) -> None:
     assert "carried over: measured at" in third["training"]["meta_weighting"]["what"]
     assert third["accuracy"]["bag_m2v"]["retained"] == pytest.approx(0.8 / 0.84)
     assert "accuracy" not in again or "bag_m2v" not in again["accuracy"]
+    markdown = (tmp_path / "speed.md").read_text()
+    assert "as are the training sections below; the accuracy column is read again" in markdown
+    assert "Training cost at seq 32, batch 32: 3 timed steps" in markdown  # the --quick run that measured it
+    # the carried table (read back from key-sorted JSON) keeps the teacher first, then STUDENTS' order
+    rows = [
+        line.split(" | ")[0][2:]
+        for line in markdown.splitlines()
+        if line.endswith("|") and "| pytorch |" in line
+    ]
+    assert rows == ["teacher", *(spec.name for spec in speed.STUDENTS)]
