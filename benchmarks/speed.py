@@ -819,13 +819,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def carried_training(out: Path) -> dict[str, Any] | None:
-    """The training ratios of the previous ``speed.json`` in ``out``, each marked with the commit it was
-    measured at (``--no-training`` does not measure them again)."""
-    path = out / "speed.json"
-    if not path.is_file():
+def carried_training(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The training ratios of the previous ``speed.json`` (:func:`carried_report`), each marked with the
+    commit it was measured at (``--no-training`` does not measure them again)."""
+    if previous is None:
         return None
-    previous = json.loads(path.read_text())
     commit = previous.get("versions", {}).get("git_commit", "an earlier commit")
     training = previous.get("training") or {}
     for entry in training.values():
@@ -840,10 +838,9 @@ def carried_report(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def carried_meta_agreement(out: Path) -> dict[str, Any] | None:
-    """The meta-weight agreement of the previous ``speed.json`` in ``out`` (``--no-training``)."""
-    path = out / "speed.json"
-    return json.loads(path.read_text()).get("meta_agreement") if path.is_file() else None
+def carried_meta_agreement(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The meta-weight agreement of the previous ``speed.json`` (``--no-training``)."""
+    return (previous or {}).get("meta_agreement")
 
 
 def load_average() -> str:
@@ -918,11 +915,15 @@ def main(argv: list[str] | None = None) -> int:
             "clock": "thread CPU time" if args.cpu_time else "wall clock",
             "load_before": load_average(),
         }
-        previous = carried_report(out) if args.no_inference else None
-        if previous is not None and previous.get("inference"):
+        # the previous speed.json, read once: what --no-inference / --no-training carry over
+        previous = carried_report(out) if args.no_inference or args.no_training else None
+        if args.no_inference and previous is not None and previous.get("inference"):
             inference = previous["inference"]
-            setup["inference_carried_over_from"] = previous.get("versions", {}).get("git_commit", "earlier")
-            setup["inference_setup"] = previous.get("inference_setup") or previous["setup"]
+            before = previous["setup"]  # a table carried over twice keeps where and how it was measured
+            setup["inference_carried_over_from"] = before.get("inference_carried_over_from") or previous.get(
+                "versions", {}
+            ).get("git_commit", "earlier")
+            setup["inference_setup"] = before.get("inference_setup") or before
         elif args.no_inference:
             raise SystemExit(f"--no-inference: no previous {out / 'speed.json'} with an inference table")
         else:
@@ -935,12 +936,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         report["pareto_png"] = plot_pareto(report, out / "speed_pareto.png")
         if args.no_training:  # the training ratios and meta-weight agreement of the previous speed.json
-            before = (carried_report(out) or {}).get("setup", {})
+            before = (previous or {}).get("setup", {})
             before = before.get("training_setup") or {k: before[k] for k in TRAINING_SETUP if k in before}
             if before:
                 setup["training_setup"] = before
-            report["training"] = carried_training(out)
-            report["meta_agreement"] = carried_meta_agreement(out)
+            report["training"] = carried_training(previous)
+            report["meta_agreement"] = carried_meta_agreement(previous)
         else:
             report["training"] = training_benchmark(args, workdir)
             report["meta_agreement"] = meta_weight_agreement(args, workdir)
