@@ -197,3 +197,46 @@ def test_an_unknown_twin_row_is_refused_in_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")
+
+
+def test_pairs_give_any_row_minus_any_other_by_hand(tmp_path: Path) -> None:
+    """`pairs:` [[row, other], ...] adds row minus other, computed as the twins' intervals are, over the
+    seeds both rows have; a config without it has neither the table nor the key."""
+    summary, markdown = report(
+        tmp_path, not_run={(2, "student/b_kd/books"), (2, "student/b_kd/dvd")}, pairs=[["a_kd", "b_kd"]]
+    )
+    (entry,) = summary["pair_comparisons"]
+    assert (entry["reference"], entry["other"], entry["label"]) == ("student_a_kd", "student_b_kd", KD_A)
+    # books: a_kd 8 of 10 right in seed 1, b_kd 5 (seed 2 of b_kd never ran: left out of the pairing)
+    assert entry["intervals"]["books"]["diff"] == pytest.approx(3 / N)
+    # dvd, seed 1: a_kd 5 right, b_kd 3
+    assert entry["intervals"]["dvd"]["diff"] == pytest.approx(2 / N)
+    assert entry["intervals"]["average"]["diff"] == pytest.approx((3 / N + 2 / N) / 2)
+    assert entry["not_run"] == ["2/student/b_kd/books", "2/student/b_kd/dvd"]
+    assert summary["pipeline_config"]["pairs"] == [["a_kd", "b_kd"]]
+    lines = markdown.splitlines()
+    title = "## Row minus another row (paired bootstrap 95% interval, test set `test`)"
+    table = lines[lines.index(title) + 4 :]
+    assert table[0] == "| budget | row | other | books | dvd | average |"
+    assert table[2].startswith(f"| - | {KD_A} | Student: B, KD (mixed teacher) | ")
+    assert table[2].endswith(f"| {interval_text(entry['intervals']['average'])} |")
+    summary, markdown = report(tmp_path / "none")
+    assert "pair_comparisons" not in summary and "Row minus another row" not in markdown
+
+
+def test_bad_pairs_are_refused_in_one_line(tmp_path: Path) -> None:
+    path = config_file(tmp_path, pairs=[["a_kd", "b_nnoe"]])
+    message = "`pairs` names unknown row 'b_nnoe'; known rows: ["
+    with pytest.raises(pipeline.PipelineError, match=re.escape(f"{path}: {message}")):
+        pipeline.load_pipeline_config(path)
+    for bad in (["a_kd", "b_kd"], [["a_kd"]], {"a_kd": "b_kd"}):
+        with pytest.raises(
+            pipeline.PipelineError, match=r"`pairs` must be a list of \[row, other row\] pairs"
+        ):
+            pipeline.load_pipeline_config(config_file(tmp_path / "bad", pairs=bad))
+    result = subprocess.run(
+        [sys.executable, "-m", "metakd", "pipeline", "--config", str(path), "--plan"],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")

@@ -1,5 +1,6 @@
 """The benchmark report's analysis beyond the accuracy table: paired bootstrap intervals of Meta-KD (the
-``compare_to`` row) minus every other student row and of each ``twins`` row minus its no-KD twin, the smallest
+``compare_to`` row) minus every other student row, of each ``twins`` row minus its no-KD twin and of each
+``pairs`` row minus the row it names, the smallest
 difference the study can detect, CPU minutes per row, the teachers' dev curves, and warnings about teachers
 worse than the student they should improve.
 
@@ -167,16 +168,40 @@ def twin_comparisons(
     config: dict[str, Any], rows: list[Any], predictions: Predictions, resamples: int = RESAMPLES
 ) -> list[dict[str, Any]]:
     """Each row of ``twins`` (``{row: twin}``, names as ``compare_to`` takes them) minus its twin, the same
-    student without KD, per budget (a row the same under both budgets is paired with each of the twin's);
-    the entries are those of :func:`comparisons`, labelled by the row. Rows not in the report are skipped."""
+    student without KD (:func:`row_pairs`)."""
+    return row_pairs(list((config.get("twins") or {}).items()), config, rows, predictions, resamples)
+
+
+def pair_comparisons(
+    config: dict[str, Any], rows: list[Any], predictions: Predictions, resamples: int = RESAMPLES
+) -> list[dict[str, Any]]:
+    """Each ``pairs`` entry ``[row, other]`` (any two rows, named as ``compare_to`` takes them): the row
+    minus the other (:func:`row_pairs`), e.g. one transfer set against another for the same student."""
+    return row_pairs(
+        [tuple(pair) for pair in config.get("pairs") or []], config, rows, predictions, resamples
+    )
+
+
+def row_pairs(
+    pairs: list[tuple[str, str]],
+    config: dict[str, Any],
+    rows: list[Any],
+    predictions: Predictions,
+    resamples: int = RESAMPLES,
+) -> list[dict[str, Any]]:
+    """Row minus other for each ``(row, other)`` of ``pairs``, per budget (a row the same under both
+    budgets is paired with each of the other's); the entries are those of :func:`comparisons`, labelled by
+    the row. Rows not in the report are skipped."""
     out = []
-    for name, twin_name in (config.get("twins") or {}).items():
-        twins = named_rows(twin_name, rows).values()
+    for name, other_name in pairs:
+        others = named_rows(other_name, rows).values()
         for row in named_rows(name, rows).values():
-            for twin in twins:
-                if twin.key != row.key and (None in (row.budget, twin.budget) or row.budget == twin.budget):
-                    entry = paired(row, twin, predictions, config, resamples)
-                    out.append({**entry, "budget": row.budget or twin.budget, "label": row.label})
+            for other in others:
+                if other.key != row.key and (
+                    None in (row.budget, other.budget) or row.budget == other.budget
+                ):
+                    entry = paired(row, other, predictions, config, resamples)
+                    out.append({**entry, "budget": row.budget or other.budget, "label": row.label})
     return out
 
 
@@ -298,9 +323,11 @@ def analyse(
     predictions = Predictions(rows_of, lambda seed, cell: results.get((seed, cell)) is not None)
     compared = comparisons(config, rows, predictions, resamples)
     twins = {"twin_comparisons": twin_comparisons(config, rows, predictions, resamples)}
+    pairs = {"pair_comparisons": pair_comparisons(config, rows, predictions, resamples)}
     return {
         "comparisons": compared,
         **(twins if config.get("twins") else {}),
+        **(pairs if config.get("pairs") else {}),
         "detectable_difference": detectable_difference(compared),
         "cpu_minutes": cpu_minutes(rows, results, needs, seeds),
         "teacher_curves": teacher_curves(rows, results, seeds),

@@ -275,8 +275,8 @@ def apply_priorities(config: dict[str, Any]) -> None:
 
 
 def check_choices(path: str | Path, config: dict[str, Any]) -> None:
-    """``studies``, ``methods``, ``budgets``, ``extra_teachers``, ``ablations``, ``keep_checkpoints`` and
-    ``twins`` name known ones and are well formed."""
+    """``studies``, ``methods``, ``budgets``, ``extra_teachers``, ``ablations``, ``keep_checkpoints``,
+    ``twins`` and ``pairs`` name known ones and are well formed."""
     unknown = set(config["studies"]) - set(STUDIES)
     if unknown:
         raise PipelineError(f"{path}: unknown studies {sorted(unknown)}; choose from {', '.join(STUDIES)}")
@@ -360,6 +360,7 @@ def check_choices(path: str | Path, config: dict[str, Any]) -> None:
         except PipelineError as err:
             raise PipelineError(f"{path}: {err}") from None
     check_twins(path, config)
+    check_pairs(path, config)
 
 
 def check_twins(path: str | Path, config: dict[str, Any]) -> None:
@@ -371,10 +372,28 @@ def check_twins(path: str | Path, config: dict[str, Any]) -> None:
         return
     if not isinstance(twins, dict) or not all(isinstance(n, str) for pair in twins.items() for n in pair):
         raise PipelineError(f"{path}: `twins` must be a mapping of row -> its no-KD twin row, got {twins!r}")
+    check_row_names(path, config, "twins", [*twins, *twins.values()])
+
+
+def check_pairs(path: str | Path, config: dict[str, Any]) -> None:
+    """``pairs`` (optional) lists ``[row, other]`` pairs of rows, each named as ``compare_to`` names a row;
+    the report gives the paired intervals of row minus other."""
+    pairs = config.get("pairs")
+    if pairs is None:
+        return
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair) for pair in pairs
+    ):
+        raise PipelineError(f"{path}: `pairs` must be a list of [row, other row] pairs, got {pairs!r}")
+    check_row_names(path, config, "pairs", [name for pair in pairs for name in pair])
+
+
+def check_row_names(path: str | Path, config: dict[str, Any], key: str, names: list[str]) -> None:
+    """Each of ``names`` (given under ``key``) is a ``variants`` entry or a registry method."""
     known = set(config.get("variants") or {}) | set(registered_methods())
-    for name in [*twins, *twins.values()]:
+    for name in names:
         if name not in known:
-            raise PipelineError(f"{path}: `twins` names unknown row {name!r}; known rows: {sorted(known)}")
+            raise PipelineError(f"{path}: `{key}` names unknown row {name!r}; known rows: {sorted(known)}")
 
 
 def scarcity_settings(config: dict[str, Any]) -> tuple[list[str], list[str], list[float]]:

@@ -271,6 +271,7 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
             ]
         lines += _missing_predictions(comparisons_) + [""]
     lines += render_twins(summary)
+    lines += render_pairs(summary)
     if summary.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return lines
@@ -294,11 +295,35 @@ def render_twins(summary: dict[str, Any]) -> list[str]:
     return lines + _interval_table(domains, twins, twin_labels) + _missing_predictions(twins) + [""]
 
 
+def render_pairs(summary: dict[str, Any]) -> list[str]:
+    """Markdown of each ``pairs`` row minus the other row it names (``pair_comparisons``); nothing without."""
+    pairs = summary.get("pair_comparisons") or []
+    if not pairs:
+        return []
+    domains, main, test_set = summary["domains"], summary.get("main") or {}, summary.get("test_set", "test")
+    lines = [
+        f"## Row minus another row (paired bootstrap 95% interval, test set `{test_set}`)",
+        "",
+        "Accuracy points of each row minus the other row named beside it (`pairs`), over the seeds both "
+        "have; test examples resampled within each (domain, seed), "
+        f"{summary['bootstrap']['resamples']} replicates. "
+        "**Bold**: the interval excludes 0. Positive: the row beats the other.",
+        "",
+    ]
+    labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in pairs}
+    table = _interval_table(domains, pairs, labels, heading="other")
+    return lines + table + _missing_predictions(pairs) + [""]
+
+
 def _interval_table(
-    domains: list[str], entries: list[dict[str, Any]], twin_labels: dict[str, str] | None = None
+    domains: list[str],
+    entries: list[dict[str, Any]],
+    twin_labels: dict[str, str] | None = None,
+    heading: str = "twin",
 ) -> list[str]:
-    """The rows of a paired-interval table (budget, row, [its twin,] per domain and the average)."""
-    twin = "" if twin_labels is None else " twin |"
+    """The rows of a paired-interval table (budget, row, [the row it is paired with,] per domain and the
+    average)."""
+    twin = "" if twin_labels is None else f" {heading} |"
     lines = [
         f"| budget | row |{twin} " + " | ".join(domains) + " | average |",
         "| --- | --- |" + " --- |" * bool(twin) + " ---: |" * (len(domains) + 1),
