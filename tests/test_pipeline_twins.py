@@ -191,12 +191,7 @@ def test_an_unknown_twin_row_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "'a_none'" in str(err.value) and "'vanilla'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(pipeline.PipelineError, match="`twins` must be a mapping of row -> its no-KD twin"):
         pipeline.load_pipeline_config(config_file(tmp_path / "list", twins=["a_kd", "a_none"]))
-    result = subprocess.run(
-        [sys.executable, "-m", "metakd", "pipeline", "--config", str(path), "--plan"],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")
+    assert_cli_refuses(path, message)
 
 
 def test_pairs_give_any_row_minus_any_other_by_hand(tmp_path: Path) -> None:
@@ -234,6 +229,11 @@ def test_bad_pairs_are_refused_in_one_line(tmp_path: Path) -> None:
             pipeline.PipelineError, match=r"`pairs` must be a list of \[row, other row\] pairs"
         ):
             pipeline.load_pipeline_config(config_file(tmp_path / "bad", pairs=bad))
+    assert_cli_refuses(path, message)
+
+
+def assert_cli_refuses(path: Path, message: str) -> None:
+    """The real command stops with exit status 2 and ``error: <config>: <message>`` as its last line."""
     result = subprocess.run(
         [sys.executable, "-m", "metakd", "pipeline", "--config", str(path), "--plan"],
         capture_output=True, text=True, cwd=REPO, check=False,

@@ -279,40 +279,45 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
 
 def render_twins(summary: dict[str, Any]) -> list[str]:
     """Markdown of each ``twins`` row minus its no-KD twin (``twin_comparisons``); nothing without them."""
-    twins = summary.get("twin_comparisons") or []
-    if not twins:
-        return []
-    domains, main, test_set = summary["domains"], summary.get("main") or {}, summary.get("test_set", "test")
-    lines = [
-        f"## Row minus its no-KD twin (paired bootstrap 95% interval, test set `{test_set}`)",
-        "",
-        "Accuracy points of each row minus the same student without KD (`twins`); test examples resampled "
-        f"within each (domain, seed), {summary['bootstrap']['resamples']} replicates. **Bold**: the interval "
-        "excludes 0. Positive: the row beats its twin.",
-        "",
-    ]
-    twin_labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in twins}
-    return lines + _interval_table(domains, twins, twin_labels) + _missing_predictions(twins) + [""]
+    return _paired_section(
+        summary,
+        "twin_comparisons",
+        "Row minus its no-KD twin",
+        "Accuracy points of each row minus the same student without KD (`twins`)",
+        ("twin", "the row beats its twin"),
+    )
 
 
 def render_pairs(summary: dict[str, Any]) -> list[str]:
     """Markdown of each ``pairs`` row minus the other row it names (``pair_comparisons``); nothing without."""
-    pairs = summary.get("pair_comparisons") or []
-    if not pairs:
+    return _paired_section(
+        summary,
+        "pair_comparisons",
+        "Row minus another row",
+        "Accuracy points of each row minus the other row named beside it (`pairs`), over the seeds both have",
+        ("other", "the row beats the other"),
+    )
+
+
+def _paired_section(
+    summary: dict[str, Any], key: str, title: str, what: str, other: tuple[str, str]
+) -> list[str]:
+    """A section of row-minus-other intervals (``summary[key]``; nothing without them): ``title``, what the
+    numbers are, the table with a column headed ``other[0]``, and what a positive number means."""
+    entries = summary.get(key) or []
+    if not entries:
         return []
     domains, main, test_set = summary["domains"], summary.get("main") or {}, summary.get("test_set", "test")
     lines = [
-        f"## Row minus another row (paired bootstrap 95% interval, test set `{test_set}`)",
+        f"## {title} (paired bootstrap 95% interval, test set `{test_set}`)",
         "",
-        "Accuracy points of each row minus the other row named beside it (`pairs`), over the seeds both "
-        "have; test examples resampled within each (domain, seed), "
-        f"{summary['bootstrap']['resamples']} replicates. "
-        "**Bold**: the interval excludes 0. Positive: the row beats the other.",
+        f"{what}; test examples resampled within each (domain, seed), {summary['bootstrap']['resamples']} "
+        f"replicates. **Bold**: the interval excludes 0. Positive: {other[1]}.",
         "",
     ]
-    labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in pairs}
-    table = _interval_table(domains, pairs, labels, heading="other")
-    return lines + table + _missing_predictions(pairs) + [""]
+    labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in entries}
+    table = _interval_table(domains, entries, labels, heading=other[0])
+    return lines + table + _missing_predictions(entries) + [""]
 
 
 def _interval_table(
