@@ -936,10 +936,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         report["pareto_png"] = plot_pareto(report, out / "speed_pareto.png")
         if args.no_training:  # the training ratios and meta-weight agreement of the previous speed.json
-            before = (previous or {}).get("setup", {})
-            before = before.get("training_setup") or {k: before[k] for k in TRAINING_SETUP if k in before}
-            if before:
-                setup["training_setup"] = before
+            old = (previous or {}).get("setup", {})  # where the carried ratios were measured
+            measured = old.get("training_setup") or {k: old[k] for k in TRAINING_SETUP if k in old}
+            if measured:
+                setup["training_setup"] = measured
             report["training"] = carried_training(previous)
             report["meta_agreement"] = carried_meta_agreement(previous)
         else:

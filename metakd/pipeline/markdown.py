@@ -270,40 +270,36 @@ def render_comparisons(config: dict[str, Any], summary: dict[str, Any]) -> list[
                 "points (the half-width of the average's 95% interval, median over the rows above).",
             ]
         lines += _missing_predictions(comparisons_) + [""]
-    lines += render_twins(summary)
-    lines += render_pairs(summary)
+    for key in PAIRED_SECTIONS:
+        lines += _paired_section(summary, key)
     if summary.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return lines
 
 
-def render_twins(summary: dict[str, Any]) -> list[str]:
-    """Markdown of each ``twins`` row minus its no-KD twin (``twin_comparisons``); nothing without them."""
-    return _paired_section(
-        summary,
-        "twin_comparisons",
+PAIRED_SECTIONS = {
+    # summary key: (title, what the numbers are, the paired column's heading, what a positive number means)
+    "twin_comparisons": (
         "Row minus its no-KD twin",
         "Accuracy points of each row minus the same student without KD (`twins`)",
-        ("twin", "the row beats its twin"),
-    )
-
-
-def render_pairs(summary: dict[str, Any]) -> list[str]:
-    """Markdown of each ``pairs`` row minus the other row it names (``pair_comparisons``); nothing without."""
-    return _paired_section(
-        summary,
-        "pair_comparisons",
+        "twin",
+        "the row beats its twin",
+    ),
+    "pair_comparisons": (
         "Row minus another row",
         "Accuracy points of each row minus the other row named beside it (`pairs`), over the seeds both have",
-        ("other", "the row beats the other"),
-    )
+        "other",
+        "the row beats the other",
+    ),
+}
+"""The report's row-minus-other sections after the ``compare_to`` table, in this order."""
 
 
-def _paired_section(
-    summary: dict[str, Any], key: str, title: str, what: str, other: tuple[str, str]
-) -> list[str]:
-    """A section of row-minus-other intervals (``summary[key]``; nothing without them): ``title``, what the
-    numbers are, the table with a column headed ``other[0]``, and what a positive number means."""
+def _paired_section(summary: dict[str, Any], key: str) -> list[str]:
+    """The Markdown of ``summary[key]``'s row-minus-other intervals as :data:`PAIRED_SECTIONS` describes
+    them (``twins``: each row minus its no-KD twin; ``pairs``: each row minus the other it names); nothing
+    without entries."""
+    title, what, heading, positive = PAIRED_SECTIONS[key]
     entries = summary.get(key) or []
     if not entries:
         return []
@@ -312,30 +308,30 @@ def _paired_section(
         f"## {title} (paired bootstrap 95% interval, test set `{test_set}`)",
         "",
         f"{what}; test examples resampled within each (domain, seed), {summary['bootstrap']['resamples']} "
-        f"replicates. **Bold**: the interval excludes 0. Positive: {other[1]}.",
+        f"replicates. **Bold**: the interval excludes 0. Positive: {positive}.",
         "",
     ]
     labels = {c["other"]: main.get(c["other"], {}).get("label", c["other"]) for c in entries}
-    table = _interval_table(domains, entries, labels, heading=other[0])
+    table = _interval_table(domains, entries, labels, heading)
     return lines + table + _missing_predictions(entries) + [""]
 
 
 def _interval_table(
     domains: list[str],
     entries: list[dict[str, Any]],
-    twin_labels: dict[str, str] | None = None,
+    other_labels: dict[str, str] | None = None,
     heading: str = "twin",
 ) -> list[str]:
-    """The rows of a paired-interval table (budget, row, [the row it is paired with,] per domain and the
-    average)."""
-    twin = "" if twin_labels is None else f" {heading} |"
+    """The rows of a paired-interval table (budget, row, [the row it is paired with, labelled by
+    ``other_labels`` under ``heading``,] per domain and the average)."""
+    twin = "" if other_labels is None else f" {heading} |"
     lines = [
         f"| budget | row |{twin} " + " | ".join(domains) + " | average |",
         "| --- | --- |" + " --- |" * bool(twin) + " ---: |" * (len(domains) + 1),
     ]
     for c in entries:
         values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
-        other = "" if twin_labels is None else f" {twin_labels[c['other']]} |"
+        other = "" if other_labels is None else f" {other_labels[c['other']]} |"
         lines.append(f"| {c['budget'] or '-'} | {c['label']} |{other} " + " | ".join(values) + " |")
     return lines
 
