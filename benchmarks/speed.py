@@ -270,7 +270,7 @@ STUDENTS: list[ModelSpec] = [
             "tokenizer_name": "pqrnn-features",
             "student_model": {"class_path": "pqrnn", "init_args": {"projection_size": 16, "hidden_size": 8}},
         },
-        ("amazon_tiny_transfer.json", "student_pqrnn_mse_unlabeled", "teacher_meta", "test_large"),
+        ("amazon_tiny_transfer.json", "student_pqrnn_mse_tang", "teacher_meta", "test_large"),
         slots=8,
     ),
     ModelSpec(
