@@ -320,14 +320,14 @@ def _interval_table(
     domains: list[str],
     entries: list[dict[str, Any]],
     other_labels: dict[str, str] | None = None,
-    heading: str = "twin",
+    heading: str = "",
 ) -> list[str]:
     """The rows of a paired-interval table (budget, row, [the row it is paired with, labelled by
     ``other_labels`` under ``heading``,] per domain and the average)."""
-    twin = "" if other_labels is None else f" {heading} |"
+    column = "" if other_labels is None else f" {heading} |"
     lines = [
-        f"| budget | row |{twin} " + " | ".join(domains) + " | average |",
-        "| --- | --- |" + " --- |" * bool(twin) + " ---: |" * (len(domains) + 1),
+        f"| budget | row |{column} " + " | ".join(domains) + " | average |",
+        "| --- | --- |" + " --- |" * bool(column) + " ---: |" * (len(domains) + 1),
     ]
     for c in entries:
         values = [interval_text(c["intervals"].get(d)) for d in [*domains, "average"]]
